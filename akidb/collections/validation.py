@@ -1,0 +1,155 @@
+"""Checks on what clients send. Every error names the field and the document's index."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from akidb.errors import DimensionMismatch, InvalidDocument, InvalidRequest, PayloadTooLarge
+from akidb.storage.models import MAX_DOCUMENT_ID_LENGTH
+
+COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+METRICS = ("cosine", "l2", "ip")
+MAX_HNSW_M = 256
+MAX_EF = 10_000
+
+
+class DocumentInput(Protocol):
+    """What an upsert carries per document; the gateway's wire Struct has these attributes."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def vector(self) -> Sequence[float] | None: ...
+    @property
+    def metadata(self) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(slots=True)
+class PreparedDocument:
+    id: str | None
+    text: str | None
+    metadata: dict[str, Any]
+    vector: npt.NDArray[np.float32] | None
+
+
+def check_collection_name(name: str) -> None:
+    if not COLLECTION_NAME_RE.match(name):
+        raise InvalidRequest(
+            f"name '{name}' is not a valid collection name: use 1-63 letters, digits, '_' or '-', "
+            "starting with a letter or digit",
+            extra={"field": "name"},
+        )
+
+
+def check_hnsw(m: int, ef_construction: int, ef_search: int) -> None:
+    if not 2 <= m <= MAX_HNSW_M:
+        raise InvalidRequest(f"hnsw.m must be between 2 and {MAX_HNSW_M}, got {m}", extra={"field": "hnsw.m"})
+    if not 1 <= ef_construction <= MAX_EF:
+        raise InvalidRequest(
+            f"hnsw.ef_construction must be between 1 and {MAX_EF}, got {ef_construction}",
+            extra={"field": "hnsw.ef_construction"},
+        )
+    check_ef_search(ef_search, "hnsw.ef_search")
+
+
+def check_ef_search(ef_search: int, field: str) -> None:
+    if not 1 <= ef_search <= MAX_EF:
+        raise InvalidRequest(f"{field} must be between 1 and {MAX_EF}, got {ef_search}", extra={"field": field})
+
+
+def check_vector(
+    values: Sequence[float], *, dimension: int, metric: str, collection: str, where: str, field: str
+) -> npt.NDArray[np.float32]:
+    if len(values) != dimension:
+        raise DimensionMismatch(
+            f"{where}: vector has {len(values)} values, collection '{collection}' expects {dimension}",
+            extra={"field": field},
+        )
+    vector = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(vector).all():
+        bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+        raise InvalidDocument(f"{where}: vector value {bad} is not a finite number", extra={"field": f"{field}[{bad}]"})
+    as_f32 = vector.astype(np.float32)
+    if not np.isfinite(as_f32).all():
+        raise InvalidDocument(f"{where}: vector values exceed the float32 range", extra={"field": field})
+    if metric == "cosine" and not np.any(as_f32):
+        raise InvalidDocument(
+            f"{where}: vector is all zeros, which has no direction for the cosine metric",
+            extra={"field": field},
+        )
+    return as_f32
+
+
+def check_text(text: str, *, where: str, field: str) -> None:
+    if not text.strip():
+        raise InvalidDocument(f"{where}: text is empty", extra={"field": field})
+
+
+def prepare_documents(
+    documents: Sequence[DocumentInput],
+    *,
+    collection: str,
+    dimension: int,
+    metric: str,
+    has_model: bool,
+    max_documents: int,
+) -> list[PreparedDocument]:
+    """Validate every document before anything is written or embedded."""
+    if not documents:
+        raise InvalidRequest("documents: send at least one document", extra={"field": "documents"})
+    if len(documents) > max_documents:
+        raise PayloadTooLarge(
+            f"documents: {len(documents)} documents in one upsert, the limit is {max_documents}",
+            extra={"field": "documents"},
+        )
+    prepared: list[PreparedDocument] = []
+    first_seen: dict[str, int] = {}
+    for position, doc in enumerate(documents):
+        where = f"document {position}"
+        field = f"documents[{position}]"
+        if doc.id is not None:
+            if not doc.id or len(doc.id) > MAX_DOCUMENT_ID_LENGTH:
+                raise InvalidDocument(
+                    f"{where}: id must be 1 to {MAX_DOCUMENT_ID_LENGTH} characters",
+                    extra={"field": f"{field}.id"},
+                )
+            if doc.id in first_seen:
+                raise InvalidDocument(
+                    f"{where}: id '{doc.id}' is also used by document {first_seen[doc.id]}",
+                    extra={"field": f"{field}.id"},
+                )
+            first_seen[doc.id] = position
+        if doc.text is not None:
+            check_text(doc.text, where=where, field=f"{field}.text")
+        vector = None
+        if doc.vector is not None:
+            vector = check_vector(
+                doc.vector,
+                dimension=dimension,
+                metric=metric,
+                collection=collection,
+                where=where,
+                field=f"{field}.vector",
+            )
+        elif doc.text is None:
+            raise InvalidDocument(f"{where}: give a text or a vector", extra={"field": field})
+        elif not has_model:
+            raise InvalidDocument(
+                f"{where}: collection '{collection}' has no embedding model, so every document needs a vector",
+                extra={"field": f"{field}.vector"},
+            )
+        prepared.append(PreparedDocument(doc.id, doc.text, dict(doc.metadata or {}), vector))
+    return prepared
+
+
+def check_top_k(top_k: int, max_top_k: int) -> None:
+    if not 1 <= top_k <= max_top_k:
+        raise InvalidRequest(f"top_k must be between 1 and {max_top_k}, got {top_k}", extra={"field": "top_k"})

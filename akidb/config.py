@@ -1,0 +1,193 @@
+"""Settings: a frozen tree read from akidb.toml / akidb.yaml, then AKIDB_<SECTION>_<KEY>, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from akidb.errors import ConfigError
+
+ProviderName = Literal["torch", "onnx", "mlx", "mock", "user_provided"]
+Quantization = Literal["fp32", "fp16", "int8", "int4"]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_documents_per_upsert: int = 1000
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_top_k: int = 1000
+
+
+class StorageSettings(_Section):
+    data_dir: str = "./data"
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/akidb.sqlite3.
+    url: str = ""
+    sqlite_busy_timeout_ms: int = 10_000
+    # FULL survives power loss as well as a crash of the process; NORMAL only the latter.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    index_save_interval_s: float = 30.0
+
+    @property
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'akidb.sqlite3'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return Path(self.data_dir).resolve() / "indexes"
+
+
+class EmbeddingSettings(_Section):
+    provider: ProviderName = "torch"
+    model: str = "all-MiniLM-L6-v2"
+    device: str = "auto"
+    quantization: Quantization = "fp32"
+    batch_size: int = 32
+    batch_timeout_ms: float = 5.0
+    # Where generated artefacts (exported graphs, downloads) go; empty means <data_dir>/../.cache/akidb.
+    cache_dir: str = ""
+    # A folder holding model folders, searched before the Hugging Face cache and the packaged copy.
+    model_dir: str = ""
+    num_threads: int = 0
+    preload: bool = True
+
+
+class Settings(_Section):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "embedding": EmbeddingSettings,
+}
+_ENV_PREFIX = "AKIDB_"
+# Environment variables with the prefix that are not settings keys.
+_ENV_NOT_SETTINGS = {"AKIDB_CONFIG"}
+_ENV_SYNONYMS = {("embedding", "mode"): ("embedding", "provider")}
+_PATH_RE = re.compile(r"`\$\.?([^`]*)`")
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        if path.suffix == ".toml":
+            data = msgspec.toml.decode(raw)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = msgspec.yaml.decode(raw)
+        else:
+            raise ConfigError(f"config file {path}: use a .toml, .yaml or .yml file")
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a table of sections")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(_ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
+            continue
+        rest = name[len(_ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"{name}: unknown setting (sections are {', '.join(_SECTIONS)})")
+        section, key = _ENV_SYNONYMS.get((section, key), (section, key))
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's `$.server.port` paths into `server.port` so the key is named plainly."""
+    message = str(exc)
+    return _PATH_RE.sub(lambda m: f"`{m.group(1)}`", message)
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get("AKIDB_CONFIG"):
+        return Path(environ["AKIDB_CONFIG"])
+    for candidate in ("akidb.toml", "akidb.yaml", "akidb.yml"):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """File, then environment, then explicit overrides (CLI flags); the last one wins."""
+    env = os.environ if environ is None else environ
+    path = find_config_file(str(config_file) if config_file else None, env)
+    data: dict[str, Any] = _read_file(path) if path else {}
+    for section in data:
+        if section not in _SECTIONS:
+            raise ConfigError(f"config: unknown section `{section}` (sections are {', '.join(_SECTIONS)})")
+    for section, key in _ENV_SYNONYMS:
+        section_data = data.get(section)
+        if isinstance(section_data, dict) and key in section_data:
+            _, target_key = _ENV_SYNONYMS[(section, key)]
+            section_data[target_key] = section_data.pop(key)
+    # File values must have the right types; environment strings are converted leniently.
+    try:
+        msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {_explain(exc)}") from exc
+    merged = _merge(data, _env_overrides(env))
+    merged = _merge(
+        merged, {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in (overrides or {}).items()}
+    )
+    try:
+        settings = msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {_explain(exc)}") from exc
+    _check_semantics(settings)
+    return settings
+
+
+def _check_semantics(settings: Settings) -> None:
+    from akidb.embedding.registry import default_registry
+
+    if settings.server.port < 0 or settings.server.port > 65535:
+        raise ConfigError("config: `server.port` must be between 0 and 65535")
+    if settings.server.max_documents_per_upsert < 1:
+        raise ConfigError("config: `server.max_documents_per_upsert` must be at least 1")
+    if settings.embedding.batch_size < 1:
+        raise ConfigError("config: `embedding.batch_size` must be at least 1")
+    if settings.embedding.provider != "user_provided" and settings.embedding.model not in default_registry():
+        known = ", ".join(default_registry().ids())
+        raise ConfigError(f"config: `embedding.model` '{settings.embedding.model}' is not a known model ({known})")

@@ -1,0 +1,74 @@
+"""Domain errors. Each carries its HTTP status and a stable code; the gateway maps them in one place."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AkidbError(Exception):
+    """Base of every error a client can cause or be told about."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+
+
+class InvalidRequest(AkidbError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class InvalidDocument(InvalidRequest):
+    code = "invalid_document"
+
+
+class DimensionMismatch(InvalidRequest):
+    code = "dimension_mismatch"
+
+
+class NotFound(AkidbError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class AlreadyExists(AkidbError):
+    status_code = 409
+    code = "already_exists"
+
+
+class PayloadTooLarge(AkidbError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Overloaded(AkidbError):
+    status_code = 429
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail, extra={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
+class ModelUnavailable(AkidbError):
+    """The model exists in the registry but cannot be loaded or run here."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
+class NotReady(AkidbError):
+    status_code = 503
+    code = "not_ready"
+
+
+class ConfigError(Exception):
+    """A bad configuration; start-up stops with this one-line message."""

@@ -1,0 +1,252 @@
+"""Per-collection hnswlib index: growth by resize, deletes by mark_deleted, atomic seq-stamped checkpoints.
+
+The database is the truth. A checkpoint file is named after the highest `seq` it contains, so opening
+an index means: load the newest readable checkpoint, then replay the rows and tombstones written after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from akidb.storage.repositories import HnswParams, Store, blob_to_vector
+from akidb.storage.rwlock import RWLock
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_RE = re.compile(r"^hnsw-(\d{20})\.bin$")
+_MIN_CAPACITY = 1024
+
+
+def _checkpoint_name(seq: int) -> str:
+    return f"hnsw-{seq:020d}.bin"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HnswIndex:
+    """Thread-safe wrapper. Searches share a read lock; adds, deletes, resizes and saves take the write lock."""
+
+    def __init__(self, *, dimension: int, metric: str, params: HnswParams, capacity: int = _MIN_CAPACITY) -> None:
+        self.dimension = dimension
+        self.metric = metric
+        self.params = params
+        self._index = hnswlib.Index(space=metric, dim=dimension)
+        self._index.init_index(
+            max_elements=max(capacity, _MIN_CAPACITY),
+            ef_construction=params.ef_construction,
+            M=params.m,
+            allow_replace_deleted=True,
+        )
+        self._index.set_ef(params.ef_search)
+        self._lock = RWLock()
+        # Marked-deleted slots not yet reused by a new label (hnswlib does not report this itself).
+        self._free_slots = 0
+        self.applied_seq = 0
+        self.saved_seq = -1
+
+    # --- reads ---
+
+    @property
+    def live_count(self) -> int:
+        return int(self._index.element_count) - self._free_slots
+
+    @property
+    def dirty(self) -> bool:
+        return self.applied_seq != self.saved_seq
+
+    def search(self, vector: npt.NDArray[np.float32], k: int, ef: int | None = None) -> tuple[list[int], list[float]]:
+        """Up to k nearest labels and their distances, best first."""
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        ef_wanted = max(ef or self.params.ef_search, k)
+        if ef_wanted == self._index.ef:
+            with self._lock.read():
+                return self._search_locked(query, k, ef_wanted)
+        # A different ef changes index state: search alone.
+        with self._lock.write():
+            try:
+                return self._search_locked(query, k, ef_wanted)
+            finally:
+                self._index.set_ef(max(self.params.ef_search, 1))
+
+    def _search_locked(self, query: npt.NDArray[np.float32], k: int, ef: int) -> tuple[list[int], list[float]]:
+        k = min(k, self.live_count)
+        if k <= 0:
+            return [], []
+        if ef != self._index.ef:
+            self._index.set_ef(ef)
+        while True:
+            try:
+                labels, distances = self._index.knn_query(query, k=k, num_threads=1)
+                return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
+            except RuntimeError:
+                # Deleted nodes can leave fewer than k reachable results at this ef: widen, then narrow.
+                total = int(self._index.element_count)
+                if self._index.ef < total:
+                    self._index.set_ef(min(total, self._index.ef * 4))
+                elif k > 1:
+                    k -= 1
+                else:
+                    return [], []
+
+    # --- writes ---
+
+    def upsert(self, labels: list[int], vectors: npt.NDArray[np.float32], *, is_new: list[bool], seq: int) -> None:
+        """Add new labels and replace existing ones.
+
+        Only new labels may reuse deleted slots: hnswlib's replace_deleted would move an existing label
+        into a vacant slot and leave its old slot live, so replacements update in place instead.
+        """
+        data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension)
+        new_rows = [row for row, new in enumerate(is_new) if new]
+        old_rows = [row for row, new in enumerate(is_new) if not new]
+        with self._lock.write():
+            needed = int(self._index.element_count) + max(0, len(new_rows) - self._free_slots)
+            capacity = int(self._index.get_max_elements())
+            if needed > capacity:
+                self._index.resize_index(max(needed, capacity * 2))
+            if old_rows:
+                self._index.add_items(
+                    data[old_rows],
+                    np.asarray([labels[r] for r in old_rows], dtype=np.uint64),
+                    num_threads=-1,
+                    replace_deleted=False,
+                )
+            if new_rows:
+                self._index.add_items(
+                    data[new_rows],
+                    np.asarray([labels[r] for r in new_rows], dtype=np.uint64),
+                    num_threads=-1,
+                    replace_deleted=True,
+                )
+                self._free_slots -= min(self._free_slots, len(new_rows))
+            self.applied_seq = max(self.applied_seq, seq)
+
+    def known_labels(self) -> set[int]:
+        """Labels with a slot in the index, deleted ones included."""
+        with self._lock.read():
+            return {int(x) for x in self._index.get_ids_list()}
+
+    def delete(self, labels: list[int], *, seq: int) -> None:
+        with self._lock.write():
+            for label in labels:
+                try:
+                    self._index.mark_deleted(label)
+                    self._free_slots += 1
+                except RuntimeError:
+                    pass  # not in the index (replayed twice, or never added): nothing to remove
+            self.applied_seq = max(self.applied_seq, seq)
+
+    def set_ef_search(self, ef_search: int) -> None:
+        with self._lock.write():
+            self.params = HnswParams(self.params.m, self.params.ef_construction, ef_search)
+            self._index.set_ef(ef_search)
+
+    # --- persistence ---
+
+    def save(self, directory: Path) -> int:
+        """Write a checkpoint atomically (temp file, fsync, rename, fsync dir); returns its seq."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock.read():
+            seq = self.applied_seq
+            tmp = directory / f".hnsw-{seq}-{threading.get_ident()}.tmp"
+            self._index.save_index(str(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / _checkpoint_name(seq))
+        _fsync_dir(directory)
+        for old in directory.iterdir():
+            match = _CHECKPOINT_RE.match(old.name)
+            if match and int(match.group(1)) < seq:
+                old.unlink(missing_ok=True)
+        self.saved_seq = seq
+        return seq
+
+    @classmethod
+    def load_checkpoint(cls, directory: Path, *, dimension: int, metric: str, params: HnswParams) -> HnswIndex | None:
+        """The newest readable checkpoint, or None."""
+        if not directory.is_dir():
+            return None
+        checkpoints = sorted(
+            (int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := _CHECKPOINT_RE.match(name))
+        )
+        for seq, path in reversed(checkpoints):
+            index = cls.__new__(cls)
+            index.dimension, index.metric, index.params = dimension, metric, params
+            index._lock = RWLock()
+            try:
+                raw = hnswlib.Index(space=metric, dim=dimension)
+                raw.load_index(str(path), max_elements=0, allow_replace_deleted=True)
+            except Exception as exc:  # hnswlib raises RuntimeError or worse on damaged files
+                log.warning("index checkpoint %s is unreadable (%s); trying an older one", path, exc)
+                continue
+            if raw.dim != dimension:
+                log.warning("index checkpoint %s has dimension %d, expected %d", path, raw.dim, dimension)
+                continue
+            raw.set_ef(params.ef_search)
+            index._index = raw
+            index._free_slots = 0
+            index.applied_seq = index.saved_seq = seq
+            return index
+        return None
+
+    def reconcile_free_slots(self, live_count: int) -> None:
+        """After catch-up the index holds exactly the database's rows; the rest are deleted slots."""
+        self._free_slots = max(0, int(self._index.element_count) - live_count)
+
+
+def open_index(
+    store: Store,
+    collection_id: int,
+    directory: Path,
+    *,
+    dimension: int,
+    metric: str,
+    params: HnswParams,
+    last_seq: int,
+) -> HnswIndex:
+    """Load the newest checkpoint and replay what came after it; rebuild from the rows if there is none.
+
+    Call with no concurrent writes to the collection, and with `last_seq` read before the rows.
+    """
+    live_count = store.count_documents(collection_id)
+    index = HnswIndex.load_checkpoint(directory, dimension=dimension, metric=metric, params=params)
+    if index is None:
+        if directory.exists() and any(directory.iterdir()):
+            log.warning("rebuilding the index in %s from the database", directory)
+        index = HnswIndex(dimension=dimension, metric=metric, params=params, capacity=live_count)
+        checkpoint = -1
+    else:
+        checkpoint = index.applied_seq
+    known = index.known_labels() if checkpoint >= 0 else set()
+    replayed = 0
+    for labels, blobs in store.vectors_since(collection_id, checkpoint):
+        vectors = np.stack([blob_to_vector(b) for b in blobs])
+        index.upsert(labels, vectors, is_new=[label not in known for label in labels], seq=checkpoint)
+        replayed += len(labels)
+    tombstones = store.tombstones_since(collection_id, checkpoint) if checkpoint >= 0 else []
+    if tombstones:
+        index.delete(tombstones, seq=checkpoint)
+    index.reconcile_free_slots(live_count)
+    index.applied_seq = max(last_seq, checkpoint)
+    if replayed or tombstones:
+        log.info("index %s caught up: %d rows replayed, %d deletions", directory.name, replayed, len(tombstones))
+    return index
+
+
+def remove_index_files(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,410 @@
+"""Intent-named queries. Returns plain records, never ORM objects; knows nothing of HTTP or models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from akidb.errors import AlreadyExists, NotFound
+from akidb.storage.db import WRITE_OPTION
+from akidb.storage.models import CollectionRow, DocumentRow, TombstoneRow
+
+Vector = npt.NDArray[np.float32]
+
+_collections = CollectionRow.__table__
+_documents = DocumentRow.__table__
+_tombstones = TombstoneRow.__table__
+# Stay well under every database's limit on bound parameters.
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class HnswParams:
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    id: int
+    uid: str
+    name: str
+    embedding_model: str | None
+    dimension: int
+    metric: str
+    hnsw: HnswParams
+    metadata: dict[str, Any]
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    id: str
+    label: int
+    text: str | None
+    metadata: dict[str, Any]
+    vector: Vector | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    vector: Vector
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    labels: list[int]  # aligned with the input documents
+    is_new: list[bool]  # per document: inserted (True) or replaced (False)
+    inserted: int
+    updated: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    labels: list[int]
+    last_seq: int
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def vector_to_blob(vector: Vector) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> Vector:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _collection_record(row: Any) -> CollectionRecord:
+    return CollectionRecord(
+        id=row.id,
+        uid=row.uid,
+        name=row.name,
+        embedding_model=row.embedding_model,
+        dimension=row.dimension,
+        metric=row.metric,
+        hnsw=HnswParams(row.hnsw_m, row.hnsw_ef_construction, row.hnsw_ef_search),
+        metadata=row.metadata or {},
+        last_seq=row.last_seq,
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+    )
+
+
+class Store:
+    """Every database operation the gateway needs, each one a transaction. All calls block."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+
+    # --- collections -------------------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        *,
+        name: str,
+        embedding_model: str | None,
+        dimension: int,
+        metric: str,
+        hnsw: HnswParams,
+        metadata: dict[str, Any],
+    ) -> CollectionRecord:
+        now = datetime.now(UTC)
+        values = {
+            "uid": uuid.uuid4().hex,
+            "name": name,
+            "embedding_model": embedding_model,
+            "dimension": dimension,
+            "metric": metric,
+            "hnsw_m": hnsw.m,
+            "hnsw_ef_construction": hnsw.ef_construction,
+            "hnsw_ef_search": hnsw.ef_search,
+            "metadata": metadata,
+            "last_seq": 0,
+            "next_label": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(insert(_collections).values(**values))
+        except IntegrityError:
+            raise AlreadyExists(f"collection '{name}' already exists") from None
+        return self.get_collection(name)
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_collections).where(_collections.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"collection '{name}' does not exist")
+        return _collection_record(row)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_collections).order_by(_collections.c.name)).all()
+        return [_collection_record(row) for row in rows]
+
+    def update_collection(
+        self, name: str, *, metadata: dict[str, Any] | None, ef_search: int | None
+    ) -> CollectionRecord:
+        values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
+        if metadata is not None:
+            values["metadata"] = metadata
+        if ef_search is not None:
+            values["hnsw_ef_search"] = ef_search
+        with self._writer.begin() as conn:
+            result = conn.execute(update(_collections).where(_collections.c.name == name).values(**values))
+        if result.rowcount == 0:
+            raise NotFound(f"collection '{name}' does not exist")
+        return self.get_collection(name)
+
+    def delete_collection(self, name: str) -> CollectionRecord:
+        with self._writer.begin() as conn:
+            row = conn.execute(select(_collections).where(_collections.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"collection '{name}' does not exist")
+            # Explicit deletes too, so a database without ON DELETE CASCADE support is clean as well.
+            conn.execute(delete(_documents).where(_documents.c.collection_id == row.id))
+            conn.execute(delete(_tombstones).where(_tombstones.c.collection_id == row.id))
+            conn.execute(delete(_collections).where(_collections.c.id == row.id))
+        return _collection_record(row)
+
+    def count_documents(self, collection_id: int) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(
+                select(func.count()).select_from(_documents).where(_documents.c.collection_id == collection_id)
+            ).scalar_one()
+        return int(count)
+
+    # --- documents ---------------------------------------------------------------------------------
+
+    def upsert_documents(self, collection_id: int, documents: Sequence[NewDocument]) -> UpsertOutcome:
+        """Insert or replace, all in one transaction. Existing ids keep their label."""
+        with self._writer.begin() as conn:
+            head = conn.execute(
+                select(_collections.c.last_seq, _collections.c.next_label).where(_collections.c.id == collection_id)
+            ).first()
+            if head is None:
+                raise NotFound("the collection was deleted while the upsert ran")
+            existing: dict[str, int] = {}
+            ids = [doc.id for doc in documents]
+            for chunk in _chunks(ids):
+                rows = conn.execute(
+                    select(_documents.c.id, _documents.c.label).where(
+                        _documents.c.collection_id == collection_id, _documents.c.id.in_(chunk)
+                    )
+                )
+                existing.update({row.id: row.label for row in rows})
+            seq, next_label = head.last_seq, head.next_label
+            labels: list[int] = []
+            is_new: list[bool] = []
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for doc in documents:
+                seq += 1
+                values = {
+                    "text": doc.text,
+                    "metadata": doc.metadata,
+                    "vector": vector_to_blob(doc.vector),
+                    "seq": seq,
+                }
+                label = existing.get(doc.id)
+                if label is None:
+                    label = next_label
+                    next_label += 1
+                    inserts.append(values | {"collection_id": collection_id, "id": doc.id, "label": label})
+                else:
+                    updates.append(values | {"b_collection_id": collection_id, "b_id": doc.id})
+                labels.append(label)
+                is_new.append(doc.id not in existing)
+            if inserts:
+                conn.execute(insert(_documents), inserts)
+            if updates:
+                # executemany UPDATE: the SET clause comes from the parameter keys.
+                conn.execute(
+                    update(_documents).where(
+                        _documents.c.collection_id == bindparam("b_collection_id"),
+                        _documents.c.id == bindparam("b_id"),
+                    ),
+                    updates,
+                )
+            conn.execute(
+                update(_collections)
+                .where(_collections.c.id == collection_id)
+                .values(last_seq=seq, next_label=next_label)
+            )
+        return UpsertOutcome(labels=labels, is_new=is_new, inserted=len(inserts), updated=len(updates), last_seq=seq)
+
+    def delete_documents(self, collection_id: int, ids: Sequence[str]) -> DeleteOutcome:
+        with self._writer.begin() as conn:
+            last_seq = conn.execute(
+                select(_collections.c.last_seq).where(_collections.c.id == collection_id)
+            ).scalar_one_or_none()
+            if last_seq is None:
+                raise NotFound("the collection was deleted while the delete ran")
+            labels: list[int] = []
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                found = conn.execute(
+                    select(_documents.c.label).where(
+                        _documents.c.collection_id == collection_id, _documents.c.id.in_(chunk)
+                    )
+                ).scalars()
+                labels.extend(found)
+                conn.execute(
+                    delete(_documents).where(_documents.c.collection_id == collection_id, _documents.c.id.in_(chunk))
+                )
+            if labels:
+                tombstones = []
+                for label in labels:
+                    last_seq += 1
+                    tombstones.append({"collection_id": collection_id, "label": label, "seq": last_seq})
+                conn.execute(insert(_tombstones), tombstones)
+                conn.execute(update(_collections).where(_collections.c.id == collection_id).values(last_seq=last_seq))
+        return DeleteOutcome(labels=labels, last_seq=last_seq)
+
+    def get_document(self, collection_id: int, doc_id: str, *, with_vector: bool) -> DocumentRecord:
+        columns = [
+            _documents.c.id,
+            _documents.c.label,
+            _documents.c.text,
+            _documents.c.metadata,
+            _documents.c.seq,
+        ]
+        if with_vector:
+            columns.append(_documents.c.vector)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*columns).where(_documents.c.collection_id == collection_id, _documents.c.id == doc_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"document '{doc_id}' does not exist")
+        return self._document(row, with_vector)
+
+    def list_documents(
+        self, collection_id: int, *, after_id: str | None, limit: int, with_vector: bool
+    ) -> list[DocumentRecord]:
+        columns = [
+            _documents.c.id,
+            _documents.c.label,
+            _documents.c.text,
+            _documents.c.metadata,
+            _documents.c.seq,
+        ]
+        if with_vector:
+            columns.append(_documents.c.vector)
+        query = select(*columns).where(_documents.c.collection_id == collection_id)
+        if after_id is not None:
+            query = query.where(_documents.c.id > after_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(_documents.c.id).limit(limit)).all()
+        return [self._document(row, with_vector) for row in rows]
+
+    def documents_by_label(
+        self,
+        collection_id: int,
+        labels: Sequence[int],
+        *,
+        with_text: bool,
+        with_metadata: bool,
+        with_vector: bool,
+    ) -> dict[int, DocumentRecord]:
+        columns = [_documents.c.id, _documents.c.label, _documents.c.seq]
+        if with_text:
+            columns.append(_documents.c.text)
+        if with_metadata:
+            columns.append(_documents.c.metadata)
+        if with_vector:
+            columns.append(_documents.c.vector)
+        found: dict[int, DocumentRecord] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(labels)):
+                rows = conn.execute(
+                    select(*columns).where(_documents.c.collection_id == collection_id, _documents.c.label.in_(chunk))
+                )
+                for row in rows:
+                    found[row.label] = DocumentRecord(
+                        id=row.id,
+                        label=row.label,
+                        text=row.text if with_text else None,
+                        metadata=(row.metadata or {}) if with_metadata else {},
+                        vector=blob_to_vector(row.vector) if with_vector else None,
+                        seq=row.seq,
+                    )
+        return found
+
+    @staticmethod
+    def _document(row: Any, with_vector: bool) -> DocumentRecord:
+        return DocumentRecord(
+            id=row.id,
+            label=row.label,
+            text=row.text,
+            metadata=row.metadata or {},
+            vector=blob_to_vector(row.vector) if with_vector else None,
+            seq=row.seq,
+        )
+
+    # --- index catch-up ----------------------------------------------------------------------------
+
+    def vectors_since(
+        self, collection_id: int, after_seq: int, batch: int = 5000
+    ) -> Iterator[tuple[list[int], list[bytes]]]:
+        """(labels, vector blobs) of every document written after `after_seq`, in batches."""
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch).execute(
+                select(_documents.c.label, _documents.c.vector).where(
+                    _documents.c.collection_id == collection_id, _documents.c.seq > after_seq
+                )
+            )
+            for part in result.partitions(batch):
+                yield [row.label for row in part], [row.vector for row in part]
+
+    def tombstones_since(self, collection_id: int, after_seq: int) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(_tombstones.c.label).where(
+                        _tombstones.c.collection_id == collection_id, _tombstones.c.seq > after_seq
+                    )
+                ).scalars()
+            )
+
+    def purge_tombstones(self, collection_id: int, up_to_seq: int) -> None:
+        """Drop tombstones that a saved index checkpoint already reflects."""
+        with self._writer.begin() as conn:
+            conn.execute(
+                delete(_tombstones).where(_tombstones.c.collection_id == collection_id, _tombstones.c.seq <= up_to_seq)
+            )
+
+    def last_seq(self, collection_id: int) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(_collections.c.last_seq).where(_collections.c.id == collection_id)
+            ).scalar_one_or_none()
+        if value is None:
+            raise NotFound("collection does not exist")
+        return int(value)
