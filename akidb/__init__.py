@@ -1,1 +1,3 @@
 """AkiDB gateway."""
+
+__version__ = "0.1.0"

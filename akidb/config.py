@@ -20,7 +20,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -29,7 +29,7 @@ class ServerSettings(_Section):
     max_top_k: int = 1000
 
 
-class StorageSettings(_Section):
+class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./data"
     # SQLAlchemy URL; empty means SQLite at <data_dir>/akidb.sqlite3.
     url: str = ""
@@ -49,7 +49,7 @@ class StorageSettings(_Section):
         return Path(self.data_dir).resolve() / "indexes"
 
 
-class EmbeddingSettings(_Section):
+class EmbeddingSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     provider: ProviderName = "torch"
     model: str = "all-MiniLM-L6-v2"
     device: str = "auto"
@@ -64,7 +64,7 @@ class EmbeddingSettings(_Section):
     preload: bool = True
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)

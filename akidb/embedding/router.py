@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from akidb.config import EmbeddingSettings
 from akidb.embedding.provider import EmbeddingProvider, Embeddings
 from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.sources import find_model_files
 from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.errors import ModelUnavailable
+from akidb.errors import InvalidRequest, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,26 @@ class EmbeddingRouter:
         started = time.perf_counter()
         embeddings = await loop.run_in_executor(loaded.executor, loaded.provider.embed, list(texts), kind)
         return EmbedResult(embeddings, model_id, (time.perf_counter() - started) * 1000.0)
+
+    async def embed_texts(
+        self, model_id: str | None, texts: Sequence[str], kind: InputKind, *, normalize: bool = True
+    ) -> EmbedResult:
+        """The /embed rules: a known model (default if None), at least one text, none of them blank."""
+        if model_id is None:
+            model_id = self.default_model
+            if model_id is None:
+                raise ModelUnavailable("this server has no default model (embedding.provider=user_provided)")
+        self.registry.get(model_id)  # ModelNotFound (404) for an unknown id
+        if not texts:
+            raise InvalidRequest("inputs: send at least one text", extra={"field": "inputs"})
+        for position, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidRequest(f"inputs[{position}]: text is empty", extra={"field": f"inputs[{position}]"})
+        result = await self.embed(model_id, texts, kind)
+        if normalize:
+            vectors = result.embeddings.vectors
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return result
 
     def close(self) -> None:
         for loaded in self._loaded.values():

@@ -54,15 +54,7 @@ def _from_package(spec: ModelSpec) -> Path | None:
 
 def find_model_files(spec: ModelSpec, model_dir: str = "") -> Path | None:
     """The first folder holding the model's files, or None; never downloads."""
-    for finder in (
-        lambda: _from_model_dir(spec, model_dir),
-        lambda: _from_hf_cache(spec),
-        lambda: _from_package(spec),
-    ):
-        path = finder()
-        if path is not None:
-            return path
-    return None
+    return _from_model_dir(spec, model_dir) or _from_hf_cache(spec) or _from_package(spec)
 
 
 def download_model(spec: ModelSpec, cache_dir: str | None = None) -> Path:

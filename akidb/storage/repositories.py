@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from akidb.errors import AlreadyExists, NotFound
@@ -19,9 +19,9 @@ from akidb.storage.models import CollectionRow, DocumentRow, TombstoneRow
 
 Vector = npt.NDArray[np.float32]
 
-_collections = CollectionRow.__table__
-_documents = DocumentRow.__table__
-_tombstones = TombstoneRow.__table__
+_collections = cast(Table, CollectionRow.__table__)
+_documents = cast(Table, DocumentRow.__table__)
+_tombstones = cast(Table, TombstoneRow.__table__)
 # Stay well under every database's limit on bound parameters.
 _CHUNK = 500
 

@@ -1,0 +1,3 @@
+from akidb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from litestar import Controller, delete, get, patch, post
+from msgspec import UNSET
+
+from akidb.collections.service import CollectionInfo
+from akidb.errors import InvalidRequest
+from akidb.gateway.runtime import Runtime
+from akidb.gateway.schemas import Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
+from akidb.storage.repositories import HnswParams
+
+
+def to_wire(info: CollectionInfo) -> Collection:
+    return Collection(
+        name=info.name,
+        embedding_model=info.embedding_model,
+        dimension=info.dimension,
+        metric=info.metric,
+        hnsw=HnswOut(m=info.hnsw.m, ef_construction=info.hnsw.ef_construction, ef_search=info.hnsw.ef_search),
+        metadata=info.metadata,
+        document_count=info.document_count,
+        created_at=info.created_at.isoformat(),
+        updated_at=info.updated_at.isoformat(),
+    )
+
+
+class CollectionController(Controller):
+    path = "/api/v1/collections"
+    tags = ("collections",)
+
+    @post("/", status_code=201)
+    async def create(self, data: CollectionCreate, runtime: Runtime) -> Collection:
+        kwargs = {} if data.embedding_model is UNSET else {"embedding_model": data.embedding_model}
+        info = await runtime.collections.create(
+            name=data.name,
+            dimension=data.dimension,
+            metric=data.metric,
+            hnsw=HnswParams(data.hnsw.m, data.hnsw.ef_construction, data.hnsw.ef_search),
+            metadata=data.metadata,
+            **kwargs,
+        )
+        return to_wire(info)
+
+    @get("/")
+    async def list_all(self, runtime: Runtime) -> CollectionList:
+        return CollectionList(collections=[to_wire(info) for info in await runtime.collections.list()])
+
+    @get("/{name:str}")
+    async def get_one(self, name: str, runtime: Runtime) -> Collection:
+        return to_wire(await runtime.collections.get(name))
+
+    @patch("/{name:str}")
+    async def update(self, name: str, data: CollectionPatch, runtime: Runtime) -> Collection:
+        for field in ("name", "embedding_model", "dimension", "metric"):
+            if getattr(data, field) is not UNSET:
+                raise InvalidRequest(
+                    f"{field} cannot be changed; only metadata and hnsw.ef_search can", extra={"field": field}
+                )
+        ef_search = None
+        if data.hnsw is not UNSET:
+            for field in ("m", "ef_construction"):
+                if getattr(data.hnsw, field) is not UNSET:
+                    raise InvalidRequest(
+                        f"hnsw.{field} cannot be changed; only metadata and hnsw.ef_search can",
+                        extra={"field": f"hnsw.{field}"},
+                    )
+            ef_search = None if data.hnsw.ef_search is UNSET else data.hnsw.ef_search
+        metadata = None if data.metadata is UNSET else data.metadata
+        return to_wire(await runtime.collections.update(name, metadata=metadata, ef_search=ef_search))
+
+    @delete("/{name:str}", status_code=204)
+    async def remove(self, name: str, runtime: Runtime) -> None:
+        await runtime.collections.delete(name)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post
+from litestar.params import Parameter
+
+from akidb.gateway.runtime import Runtime
+from akidb.gateway.schemas import (
+    DeleteRequest,
+    DeleteResponse,
+    Document,
+    DocumentList,
+    UpsertRequest,
+    UpsertResponse,
+    Usage,
+)
+from akidb.storage.repositories import DocumentRecord
+
+
+def to_wire(record: DocumentRecord, include_vector: bool) -> Document:
+    document = Document(id=record.id, text=record.text, metadata=record.metadata)
+    if include_vector and record.vector is not None:
+        document.vector = record.vector.tolist()
+    return document
+
+
+class DocumentController(Controller):
+    path = "/api/v1/collections/{name:str}"
+    tags = ("documents",)
+
+    @post("/upsert", status_code=200)
+    async def upsert(self, name: str, data: UpsertRequest, runtime: Runtime) -> UpsertResponse:
+        result = await runtime.documents.upsert(name, data.documents)
+        return UpsertResponse(
+            ids=result.ids,
+            inserted=result.inserted,
+            updated=result.updated,
+            embeddings_generated=result.embeddings_generated,
+            model=result.model,
+            usage=Usage(total_tokens=result.total_tokens, duration_ms=result.duration_ms),
+        )
+
+    @get("/documents/{doc_id:str}")
+    async def get_one(self, name: str, doc_id: str, runtime: Runtime, include_vector: bool = False) -> Document:
+        record = await runtime.documents.get(name, doc_id, include_vector=include_vector)
+        return to_wire(record, include_vector)
+
+    @get("/documents")
+    async def list_page(
+        self,
+        name: str,
+        runtime: Runtime,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        cursor: str | None = None,
+        include_vector: bool = False,
+    ) -> DocumentList:
+        page = await runtime.documents.list(name, limit=limit, cursor=cursor, include_vector=include_vector)
+        return DocumentList(
+            documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
+        )
+
+    @delete("/documents/{doc_id:str}", status_code=204)
+    async def remove_one(self, name: str, doc_id: str, runtime: Runtime) -> None:
+        await runtime.documents.delete_one(name, doc_id)
+
+    @post("/delete", status_code=200)
+    async def remove_many(self, name: str, data: DeleteRequest, runtime: Runtime) -> DeleteResponse:
+        return DeleteResponse(deleted=await runtime.documents.delete(name, data.ids))

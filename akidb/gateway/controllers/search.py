@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from litestar import Controller, post
+from msgspec import UNSET
+
+from akidb.gateway.runtime import Runtime
+from akidb.gateway.schemas import SearchHit, SearchRequest, SearchResponse, Usage
+
+
+class SearchController(Controller):
+    path = "/api/v1/collections/{name:str}"
+    tags = ("search",)
+
+    @post("/search", status_code=200)
+    async def search(self, name: str, data: SearchRequest, runtime: Runtime) -> SearchResponse:
+        result = await runtime.search.search(
+            name,
+            query=data.query,
+            vector=data.vector,
+            top_k=data.top_k,
+            ef_search=data.ef_search,
+            include=data.include,
+        )
+        included = set(data.include)
+        hits = [
+            SearchHit(
+                id=hit.id,
+                score=hit.score,
+                distance=hit.distance,
+                text=hit.text if "text" in included else UNSET,
+                metadata=hit.metadata if "metadata" in included and hit.metadata is not None else UNSET,
+                vector=hit.vector if hit.vector is not None else UNSET,
+            )
+            for hit in result.hits
+        ]
+        return SearchResponse(
+            results=hits,
+            model=result.model,
+            usage=Usage(total_tokens=result.total_tokens, duration_ms=result.duration_ms),
+        )

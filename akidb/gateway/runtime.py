@@ -1,0 +1,80 @@
+"""The composed services, built once per app and handed to controllers by dependency injection."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from akidb.collections.documents import DocumentService
+from akidb.collections.search import SearchService
+from akidb.collections.service import CollectionService
+from akidb.config import Settings
+from akidb.embedding.registry import ModelRegistry, default_registry
+from akidb.embedding.router import EmbeddingRouter
+from akidb.storage.db import create_db_engine, migrate
+from akidb.storage.repositories import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Readiness:
+    database: bool = False
+    model: bool = False
+    reason: str = "starting"
+
+    @property
+    def ready(self) -> bool:
+        return self.database and self.model
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    registry: ModelRegistry
+    router: EmbeddingRouter
+    collections: CollectionService
+    documents: DocumentService
+    search: SearchService
+    readiness: Readiness = field(default_factory=Readiness)
+
+    @classmethod
+    def build(cls, settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
+        registry = registry or default_registry()
+        engine = create_db_engine(
+            settings.storage.resolved_url,
+            busy_timeout_ms=settings.storage.sqlite_busy_timeout_ms,
+            synchronous=settings.storage.sqlite_synchronous,
+        )
+        store = Store(engine)
+        router = EmbeddingRouter(settings.embedding, registry)
+        collections = CollectionService(store, registry, settings.storage.index_dir, default_model=router.default_model)
+        return cls(
+            settings=settings,
+            store=store,
+            registry=registry,
+            router=router,
+            collections=collections,
+            documents=DocumentService(collections, router, max_documents=settings.server.max_documents_per_upsert),
+            search=SearchService(collections, router, max_top_k=settings.server.max_top_k),
+        )
+
+    def open_storage(self) -> None:
+        """Blocking: migrate the database, then open every index (catching up from the rows)."""
+        migrate(self.store.engine)
+        self.collections.open_all()
+        self.readiness.database = True
+
+    def load_default_model(self) -> None:
+        """Blocking: load and warm the default model, so the first request does not pay for it."""
+        model = self.router.default_model
+        if model is not None and self.settings.embedding.preload:
+            self.router.load(model)
+        self.readiness.model = True
+
+    def close(self) -> None:
+        saved = self.collections.save_indexes()
+        log.info("saved %d index checkpoints", saved)
+        self.router.close()
+        self.store.engine.dispose()

@@ -1,0 +1,200 @@
+"""Wire Structs: what the HTTP API takes and returns (../shared/API.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+
+class _In(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Request bodies: an unknown field is a client mistake worth a 4xx, not silence."""
+
+
+class _Out(Struct, kw_only=True):
+    pass
+
+
+# --- collections ---
+
+
+class HnswIn(_In):
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+
+
+class HnswOut(_Out):
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+class CollectionCreate(_In):
+    name: str
+    # Omitted: the server's default model. null: a user-provided collection (vectors only).
+    embedding_model: str | UnsetType | None = UNSET
+    dimension: int | None = None
+    metric: Literal["cosine", "l2", "ip"] = "cosine"
+    hnsw: HnswIn = msgspec.field(default_factory=HnswIn)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class HnswPatch(_In):
+    ef_search: int | UnsetType = UNSET
+    m: int | UnsetType = UNSET
+    ef_construction: int | UnsetType = UNSET
+
+
+class CollectionPatch(_In):
+    metadata: dict[str, Any] | UnsetType = UNSET
+    hnsw: HnswPatch | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    embedding_model: str | UnsetType | None = UNSET
+    dimension: int | UnsetType = UNSET
+    metric: str | UnsetType = UNSET
+
+
+class Collection(_Out):
+    name: str
+    embedding_model: str | None
+    dimension: int
+    metric: str
+    hnsw: HnswOut
+    metadata: dict[str, Any]
+    document_count: int
+    created_at: str
+    updated_at: str
+
+
+class CollectionList(_Out):
+    collections: list[Collection]
+
+
+# --- documents ---
+
+
+class DocumentIn(_In):
+    id: str | None = None
+    text: str | None = None
+    vector: list[float] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UpsertRequest(_In):
+    documents: list[DocumentIn]
+
+
+class Usage(_Out):
+    total_tokens: int
+    duration_ms: float
+
+
+class UpsertResponse(_Out):
+    ids: list[str]
+    inserted: int
+    updated: int
+    embeddings_generated: bool
+    model: str | None
+    usage: Usage
+
+
+class Document(_Out, omit_defaults=True):
+    id: str
+    text: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    vector: list[float] | UnsetType = UNSET
+
+
+class DocumentList(_Out):
+    documents: list[Document]
+    next_cursor: str | None
+
+
+class DeleteRequest(_In):
+    ids: list[str]
+
+
+class DeleteResponse(_Out):
+    deleted: int
+
+
+# --- search ---
+
+
+class SearchRequest(_In):
+    query: str | None = None
+    vector: list[float] | None = None
+    top_k: int = 10
+    ef_search: int | None = None
+    include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
+
+
+class SearchHit(_Out, omit_defaults=True):
+    id: str
+    score: float
+    distance: float
+    text: str | UnsetType | None = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+    vector: list[float] | UnsetType = UNSET
+
+
+class SearchResponse(_Out):
+    results: list[SearchHit]
+    model: str | None
+    usage: Usage
+
+
+# --- embeddings ---
+
+
+class EmbedRequest(_In):
+    inputs: list[str]
+    model: str | None = None
+    normalize: bool = True
+    input_type: Literal["query", "document"] = "document"
+
+
+class EmbedResponse(_Out):
+    embeddings: list[list[float]]
+    model: str
+    dimension: int
+    usage: Usage
+
+
+# --- models ---
+
+
+class ModelInfo(_Out):
+    id: str
+    name: str
+    hf_path: str
+    dimension: int
+    max_seq_length: int
+    pooling: str
+    parameters_m: float
+    size_mb: float
+    languages: list[str]
+    use_cases: list[str]
+    default_quantization: str
+    is_default: bool
+    description: str
+    available: bool
+    loaded: bool
+    query_prefix: str
+    document_prefix: str
+    matryoshka_dimensions: list[int]
+
+
+class ModelList(_Out):
+    models: list[ModelInfo]
+    default_model: str | None
+
+
+# --- operations ---
+
+
+class Health(_Out):
+    status: str
+    detail: str | None = None
