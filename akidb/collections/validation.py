@@ -77,7 +77,8 @@ def check_vector(
     if not np.isfinite(vector).all():
         bad = int(np.flatnonzero(~np.isfinite(vector))[0])
         raise InvalidDocument(f"{where}: vector value {bad} is not a finite number", extra={"field": f"{field}[{bad}]"})
-    as_f32 = vector.astype(np.float32)
+    with np.errstate(over="ignore"):
+        as_f32 = vector.astype(np.float32)
     if not np.isfinite(as_f32).all():
         raise InvalidDocument(f"{where}: vector values exceed the float32 range", extra={"field": field})
     if metric == "cosine" and not np.any(as_f32):

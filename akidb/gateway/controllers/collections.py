@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
 from akidb.collections.service import CollectionInfo
@@ -29,7 +31,7 @@ class CollectionController(Controller):
     tags = ("collections",)
 
     @post("/", status_code=201)
-    async def create(self, data: CollectionCreate, runtime: Runtime) -> Collection:
+    async def create(self, data: JSONBody[CollectionCreate], runtime: NamedDependency[Runtime]) -> Collection:
         kwargs = {} if data.embedding_model is UNSET else {"embedding_model": data.embedding_model}
         info = await runtime.collections.create(
             name=data.name,
@@ -42,15 +44,17 @@ class CollectionController(Controller):
         return to_wire(info)
 
     @get("/")
-    async def list_all(self, runtime: Runtime) -> CollectionList:
+    async def list_all(self, runtime: NamedDependency[Runtime]) -> CollectionList:
         return CollectionList(collections=[to_wire(info) for info in await runtime.collections.list()])
 
     @get("/{name:str}")
-    async def get_one(self, name: str, runtime: Runtime) -> Collection:
+    async def get_one(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> Collection:
         return to_wire(await runtime.collections.get(name))
 
     @patch("/{name:str}")
-    async def update(self, name: str, data: CollectionPatch, runtime: Runtime) -> Collection:
+    async def update(
+        self, name: FromPath[str], data: JSONBody[CollectionPatch], runtime: NamedDependency[Runtime]
+    ) -> Collection:
         for field in ("name", "embedding_model", "dimension", "metric"):
             if getattr(data, field) is not UNSET:
                 raise InvalidRequest(
@@ -69,5 +73,5 @@ class CollectionController(Controller):
         return to_wire(await runtime.collections.update(name, metadata=metadata, ef_search=ef_search))
 
     @delete("/{name:str}", status_code=204)
-    async def remove(self, name: str, runtime: Runtime) -> None:
+    async def remove(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         await runtime.collections.delete(name)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import (
@@ -28,7 +31,9 @@ class DocumentController(Controller):
     tags = ("documents",)
 
     @post("/upsert", status_code=200)
-    async def upsert(self, name: str, data: UpsertRequest, runtime: Runtime) -> UpsertResponse:
+    async def upsert(
+        self, name: FromPath[str], data: JSONBody[UpsertRequest], runtime: NamedDependency[Runtime]
+    ) -> UpsertResponse:
         result = await runtime.documents.upsert(name, data.documents)
         return UpsertResponse(
             ids=result.ids,
@@ -40,18 +45,24 @@ class DocumentController(Controller):
         )
 
     @get("/documents/{doc_id:str}")
-    async def get_one(self, name: str, doc_id: str, runtime: Runtime, include_vector: bool = False) -> Document:
+    async def get_one(
+        self,
+        name: FromPath[str],
+        doc_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        include_vector: FromQuery[bool] = False,
+    ) -> Document:
         record = await runtime.documents.get(name, doc_id, include_vector=include_vector)
         return to_wire(record, include_vector)
 
     @get("/documents")
     async def list_page(
         self,
-        name: str,
-        runtime: Runtime,
-        limit: int = Parameter(default=100, ge=1, le=1000),
-        cursor: str | None = None,
-        include_vector: bool = False,
+        name: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: FromQuery[str | None] = None,
+        include_vector: FromQuery[bool] = False,
     ) -> DocumentList:
         page = await runtime.documents.list(name, limit=limit, cursor=cursor, include_vector=include_vector)
         return DocumentList(
@@ -59,9 +70,11 @@ class DocumentController(Controller):
         )
 
     @delete("/documents/{doc_id:str}", status_code=204)
-    async def remove_one(self, name: str, doc_id: str, runtime: Runtime) -> None:
+    async def remove_one(self, name: FromPath[str], doc_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         await runtime.documents.delete_one(name, doc_id)
 
     @post("/delete", status_code=200)
-    async def remove_many(self, name: str, data: DeleteRequest, runtime: Runtime) -> DeleteResponse:
+    async def remove_many(
+        self, name: FromPath[str], data: JSONBody[DeleteRequest], runtime: NamedDependency[Runtime]
+    ) -> DeleteResponse:
         return DeleteResponse(deleted=await runtime.documents.delete(name, data.ids))

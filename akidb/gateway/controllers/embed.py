@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import EmbedRequest, EmbedResponse, Usage
@@ -11,7 +13,7 @@ class EmbedController(Controller):
     tags = ("embeddings",)
 
     @post("/", status_code=200)
-    async def embed(self, data: EmbedRequest, runtime: Runtime) -> EmbedResponse:
+    async def embed(self, data: JSONBody[EmbedRequest], runtime: NamedDependency[Runtime]) -> EmbedResponse:
         result = await runtime.router.embed_texts(data.model, data.inputs, data.input_type, normalize=data.normalize)
         vectors = result.embeddings.vectors
         return EmbedResponse(

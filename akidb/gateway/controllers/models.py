@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import anyio.to_thread
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from akidb.embedding.spec import ModelSpec
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import ModelInfo, ModelList
 
 
-def to_wire(spec: ModelSpec, runtime: Runtime) -> ModelInfo:
+def to_wire(spec: ModelSpec, runtime: NamedDependency[Runtime]) -> ModelInfo:
     return ModelInfo(
         id=spec.id,
         name=spec.name,
@@ -36,12 +38,12 @@ class ModelController(Controller):
     tags = ("models",)
 
     @get("/")
-    async def list_all(self, runtime: Runtime) -> ModelList:
+    async def list_all(self, runtime: NamedDependency[Runtime]) -> ModelList:
         # Availability looks at the disk (HF cache, packages): off the loop.
         models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, runtime) for spec in runtime.registry])
         return ModelList(models=models, default_model=runtime.router.default_model)
 
     @get("/{model_id:str}")
-    async def get_one(self, model_id: str, runtime: Runtime) -> ModelInfo:
+    async def get_one(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
         spec = runtime.registry.get(model_id)
         return await anyio.to_thread.run_sync(to_wire, spec, runtime)

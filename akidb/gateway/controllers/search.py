@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
 from akidb.gateway.runtime import Runtime
@@ -12,7 +14,9 @@ class SearchController(Controller):
     tags = ("search",)
 
     @post("/search", status_code=200)
-    async def search(self, name: str, data: SearchRequest, runtime: Runtime) -> SearchResponse:
+    async def search(
+        self, name: FromPath[str], data: JSONBody[SearchRequest], runtime: NamedDependency[Runtime]
+    ) -> SearchResponse:
         result = await runtime.search.search(
             name,
             query=data.query,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import Health
@@ -15,7 +16,7 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready")
-    async def ready(self, runtime: Runtime) -> Response[Health]:
+    async def ready(self, runtime: NamedDependency[Runtime]) -> Response[Health]:
         readiness = runtime.readiness
         if readiness.ready:
             return Response(Health(status="ready"))

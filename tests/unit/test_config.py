@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from akidb.config import load_settings
+from akidb.errors import ConfigError
+
+
+def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8080
+    assert settings.embedding.provider == "torch"
+    assert settings.embedding.model == "all-MiniLM-L6-v2"
+    assert settings.storage.resolved_url.endswith("data/akidb.sqlite3")
+
+
+def test_toml_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "akidb.toml"
+    config.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n[embedding]\nbatch_size = 8\n')
+    settings = load_settings(config, environ={"AKIDB_SERVER_PORT": "9100", "AKIDB_EMBEDDING_BATCH_SIZE": "16"})
+    assert settings.server.port == 9100  # env beats file
+    assert settings.server.host == "0.0.0.0"  # file beats default
+    assert settings.embedding.batch_size == 16
+    flags = load_settings(config, environ={"AKIDB_SERVER_PORT": "9100"}, overrides={"server": {"port": 9200}})
+    assert flags.server.port == 9200  # CLI flag beats env
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    config = tmp_path / "akidb.yaml"
+    config.write_text("storage:\n  data_dir: /srv/akidb\nembedding:\n  provider: mock\n")
+    settings = load_settings(config, environ={})
+    assert settings.storage.data_dir == "/srv/akidb"
+    assert settings.embedding.provider == "mock"
+
+
+def test_mode_is_a_synonym_for_provider(tmp_path: Path) -> None:
+    settings = load_settings(environ={"AKIDB_EMBEDDING_MODE": "user_provided"}, config_file=None)
+    assert settings.embedding.provider == "user_provided"
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(environ={})
+    with pytest.raises(AttributeError):
+        settings.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nprot = 1\n", "prot"),
+        ("[server]\nport = 'eighty'\n", "server.port"),
+        ("[embedings]\nmodel = 'x'\n", "embedings"),
+        ("[embedding]\nprovider = 'tensorflow'\n", "embedding.provider"),
+        ("[embedding]\nmodel = 'no-such-model'\n", "embedding.model"),
+    ],
+)
+def test_bad_file_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "akidb.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={})
+    message = str(info.value)
+    assert named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"AKIDB_SERVER_PORT": "http"}, "server.port"),
+        ({"AKIDB_SERVER_NOPE": "1"}, "nope"),
+        ({"AKIDB_CACHE_SIZE": "1"}, "AKIDB_CACHE_SIZE"),
+        ({"AKIDB_EMBEDDING_MODEL": "gpt-embed"}, "embedding.model"),
+    ],
+)
+def test_bad_environment_names_the_key(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    assert named in str(info.value)
+
+
+def test_unreadable_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_malformed_toml_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "akidb.toml"
+    config.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="akidb.toml"):
+        load_settings(config, environ={})
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from akidb.cli import main
+
+    config = tmp_path / "akidb.toml"
+    config.write_text("[server]\nport = 'x'\n")
+    assert main(["migrate", "--config", str(config), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "server.port" in err
