@@ -44,6 +44,9 @@ def _import_torch() -> tuple[Any, Any]:
     try:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError as exc:
         raise ModelUnavailable(
             f"the torch provider needs torch and transformers: pip install 'akidb[torch]' ({exc})"
