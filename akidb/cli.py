@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from akidb.config import Settings, load_settings
@@ -40,6 +41,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         "storage": {"data_dir": args.data_dir},
     }
     return load_settings(args.config, overrides=overrides)
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    """Create the data folder now, so a bad path is one clear line rather than a traceback at start-up."""
+    data_dir = Path(settings.storage.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"config: `storage.data_dir` {data_dir} cannot be used as a folder ({exc.strerror})") from exc
 
 
 def _serve(settings: Settings) -> None:
@@ -84,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
+        if args.command in {"serve", "migrate"}:
+            _prepare_data_dir(settings)
     except ConfigError as exc:
         print(f"akidb: {exc}", file=sys.stderr)
         return 2

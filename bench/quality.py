@@ -22,7 +22,7 @@ from akidb.embedding.registry import default_registry
 from akidb.embedding.sources import find_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("AKIDB_SHARED_DATA") or ROOT.parent / "shared" / "data")
+DATA = Path(os.environ.get("SHARED_DATA_DIR") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
 
 

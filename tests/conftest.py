@@ -9,12 +9,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """../shared/data beside the checkout (AKIDB_SHARED_DATA overrides)."""
-    return Path(os.environ.get("AKIDB_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+    """../shared/data beside the checkout (SHARED_DATA_DIR overrides)."""
+    return Path(os.environ.get("SHARED_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()
-    assert path.is_dir(), f"test data not found at {path}; set AKIDB_SHARED_DATA"
+    assert path.is_dir(), f"test data not found at {path}; set SHARED_DATA_DIR"
     return path

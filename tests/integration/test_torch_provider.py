@@ -101,7 +101,12 @@ def test_pooling_of_a_tiny_random_bert(tmp_path: Path, minilm_path: Path, poolin
 
     folder = _tiny_bert(tmp_path, minilm_path)
     spec = ModelSpec(
-        id="tiny", name="tiny", hf_path="none/tiny", dimension=32, max_seq_length=64, pooling=pooling,  # type: ignore[arg-type]
+        id="tiny",
+        name="tiny",
+        hf_path="none/tiny",
+        dimension=32,
+        max_seq_length=64,
+        pooling=pooling,  # type: ignore[arg-type]
         query_prefix="query: ",
     )
     provider = TorchProvider(spec, folder, device="cpu")

@@ -91,7 +91,7 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
 def test_malformed_toml_is_reported(tmp_path: Path) -> None:
     config = tmp_path / "akidb.toml"
     config.write_text("[server\nport = 1")
-    with pytest.raises(ConfigError, match="akidb.toml"):
+    with pytest.raises(ConfigError, match=r"akidb\.toml"):
         load_settings(config, environ={})
 
 
@@ -104,3 +104,14 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "server.port" in err
+
+
+def test_cli_reports_unusable_data_dir_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from akidb.cli import main
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    assert main(["migrate", "--data-dir", str(not_a_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "storage.data_dir" in err
+    assert err.count("\n") == 0

@@ -27,8 +27,10 @@ def prepare(docs: list[Doc], *, dimension: int = 3, metric: str = "cosine", has_
 
 def test_valid_documents_are_prepared() -> None:
     prepared = prepare([Doc(id="a", text="hello"), Doc(vector=[1, 2, 3], metadata={"k": 1})])
-    assert prepared[0].vector is None and prepared[0].text == "hello"
-    assert prepared[1].vector is not None and prepared[1].vector.dtype == np.float32
+    assert prepared[0].vector is None
+    assert prepared[0].text == "hello"
+    assert prepared[1].vector is not None
+    assert prepared[1].vector.dtype == np.float32
     assert prepared[1].metadata == {"k": 1}
 
 

@@ -1,0 +1,130 @@
+"""The same storage and service paths on a real PostgreSQL server (a throwaway cluster started here)."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from akidb.collections.documents import DocumentService
+from akidb.collections.search import SearchService
+from akidb.collections.service import CollectionService
+from akidb.config import EmbeddingSettings
+from akidb.embedding.registry import default_registry
+from akidb.embedding.router import EmbeddingRouter
+from akidb.storage.db import create_db_engine, downgrade, migrate
+from akidb.storage.models import Base
+from akidb.storage.repositories import Store
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or (
+        [shutil.which(name)] if shutil.which(name) else []
+    )
+    assert found, f"PostgreSQL server binaries ({name}) not found: apt-get install postgresql (.ci/run does)"
+    return str(found[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="akidb-pg-"))
+    root.chmod(0o755)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    subprocess.run(
+        [*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "akidb"], check=True, capture_output=True
+    )
+    options = f"-c listen_addresses='' -k {root} -p {port} -c fsync=off"
+    subprocess.run(
+        [*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://akidb@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_migrations_on_postgres(postgres_url: str) -> None:
+    engine = create_db_engine(postgres_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    downgrade(engine, "base")
+    migrate(engine)
+    engine.dispose()
+
+
+def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    engine = create_db_engine(postgres_url)
+    migrate(engine)
+    registry = default_registry()
+
+    def services() -> tuple[CollectionService, DocumentService, SearchService]:
+        router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
+        collections = CollectionService(
+            Store(engine), registry, tmp_path / "indexes", default_model=router.default_model
+        )
+        collections.open_all()
+        return (
+            collections,
+            DocumentService(collections, router, max_documents=1000),
+            SearchService(collections, router, max_top_k=100),
+        )
+
+    async def scenario() -> None:
+        collections, documents, search = services()
+        await collections.create(name="pg", embedding_model=None, dimension=4, metric="l2")
+        rng = np.random.default_rng(1)
+        vectors = rng.standard_normal((30, 4)).astype(np.float32)
+        docs = [
+            SimpleNamespace(id=f"d{i}", text=f"t{i}", vector=v.tolist(), metadata={"i": i})
+            for i, v in enumerate(vectors)
+        ]
+        result = await documents.upsert("pg", docs)
+        assert (result.inserted, result.updated) == (30, 0)
+        replaced = await documents.upsert(
+            "pg", [SimpleNamespace(id="d0", text="new", vector=[9, 9, 9, 9], metadata={})]
+        )
+        assert (replaced.inserted, replaced.updated) == (0, 1)
+        assert await documents.delete("pg", ["d1", "missing"]) == 1
+        hits = (await search.search("pg", vector=[9, 9, 9, 9], top_k=3)).hits
+        assert hits[0].id == "d0"
+        assert hits[0].distance == pytest.approx(0.0, abs=1e-5)
+        assert (await collections.get("pg")).document_count == 29
+        # Restart without a checkpoint: the index is rebuilt from PostgreSQL's rows.
+        collections2, documents2, search2 = services()
+        assert collections2.handle("pg").index.live_count == 29
+        found = await search2.search("pg", vector=vectors[5].tolist(), top_k=1)
+        assert found.hits[0].id == "d5"
+        stored = await documents2.get("pg", "d0", include_vector=True)
+        assert stored.text == "new"
+        assert stored.vector is not None
+        assert stored.vector.tolist() == [9, 9, 9, 9]
+        await collections2.delete("pg")
+
+    asyncio.run(scenario())
+    engine.dispose()
