@@ -79,6 +79,8 @@ _ENV_PREFIX = "AKIDB_"
 # Environment variables with the prefix that are not settings keys.
 _ENV_NOT_SETTINGS = {"AKIDB_CONFIG"}
 _ENV_SYNONYMS = {("embedding", "mode"): ("embedding", "provider")}
+# Named by the contract, built in a later version.
+_PROVIDERS_NOT_BUILT = {"onnx", "mlx"}
 _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
 
 
@@ -188,6 +190,11 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError("config: `server.max_documents_per_upsert` must be at least 1")
     if settings.embedding.batch_size < 1:
         raise ConfigError("config: `embedding.batch_size` must be at least 1")
+    if settings.embedding.provider in _PROVIDERS_NOT_BUILT:
+        raise ConfigError(
+            f"config: `embedding.provider` '{settings.embedding.provider}' is not available in this version yet; "
+            "use torch, mock or user_provided"
+        )
     if settings.embedding.provider != "user_provided" and settings.embedding.model not in default_registry():
         known = ", ".join(default_registry().ids())
         raise ConfigError(f"config: `embedding.model` '{settings.embedding.model}' is not a known model ({known})")

@@ -75,6 +75,7 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, named: str) -> None:
         ({"AKIDB_SERVER_NOPE": "1"}, "nope"),
         ({"AKIDB_CACHE_SIZE": "1"}, "AKIDB_CACHE_SIZE"),
         ({"AKIDB_EMBEDDING_MODEL": "gpt-embed"}, "embedding.model"),
+        ({"AKIDB_EMBEDDING_MODE": "onnx"}, "embedding.provider"),
     ],
 )
 def test_bad_environment_names_the_key(environ: dict[str, str], named: str) -> None:
