@@ -41,23 +41,36 @@ def _fsync_dir(path: Path) -> None:
 class HnswIndex:
     """Thread-safe wrapper. Searches share a read lock; adds, deletes, resizes and saves take the write lock."""
 
-    def __init__(self, *, dimension: int, metric: str, params: HnswParams, capacity: int = _MIN_CAPACITY) -> None:
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        metric: str,
+        params: HnswParams,
+        capacity: int = _MIN_CAPACITY,
+        loaded: tuple[hnswlib.Index, int] | None = None,
+    ) -> None:
+        """A new empty index, or one wrapping `loaded`: an hnswlib index read from the checkpoint of that seq."""
         self.dimension = dimension
         self.metric = metric
         self.params = params
-        self._index = hnswlib.Index(space=metric, dim=dimension)
-        self._index.init_index(
-            max_elements=max(capacity, _MIN_CAPACITY),
-            ef_construction=params.ef_construction,
-            M=params.m,
-            allow_replace_deleted=True,
-        )
-        self._index.set_ef(params.ef_search)
+        if loaded is None:
+            raw = hnswlib.Index(space=metric, dim=dimension)
+            raw.init_index(
+                max_elements=max(capacity, _MIN_CAPACITY),
+                ef_construction=params.ef_construction,
+                M=params.m,
+                allow_replace_deleted=True,
+            )
+            self.applied_seq, self.saved_seq = 0, -1
+        else:
+            raw, seq = loaded
+            self.applied_seq = self.saved_seq = seq
+        raw.set_ef(params.ef_search)
+        self._index = raw
         self._lock = RWLock()
         # Marked-deleted slots not yet reused by a new label (hnswlib does not report this itself).
         self._free_slots = 0
-        self.applied_seq = 0
-        self.saved_seq = -1
 
     # --- reads ---
 
@@ -72,36 +85,43 @@ class HnswIndex:
     def search(self, vector: npt.NDArray[np.float32], k: int, ef: int | None = None) -> tuple[list[int], list[float]]:
         """Up to k nearest labels and their distances, best first."""
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        ef_wanted = max(ef or self.params.ef_search, k)
-        if ef_wanted == self._index.ef:
-            with self._lock.read():
-                return self._search_locked(query, k, ef_wanted)
-        # A different ef changes index state: search alone.
+        wanted = max(ef or self.params.ef_search, k)
+        with self._lock.read():
+            if wanted == self._index.ef:
+                found = self._knn(query, k)
+                if found is not None:
+                    return found
+        # Another ef, or fewer than k results reachable at this one: ef is index state, so search alone.
         with self._lock.write():
             try:
-                return self._search_locked(query, k, ef_wanted)
+                return self._knn_widening(query, k, wanted)
             finally:
-                self._index.set_ef(max(self.params.ef_search, 1))
+                self._index.set_ef(self.params.ef_search)
 
-    def _search_locked(self, query: npt.NDArray[np.float32], k: int, ef: int) -> tuple[list[int], list[float]]:
+    def _knn(self, query: npt.NDArray[np.float32], k: int) -> tuple[list[int], list[float]] | None:
         k = min(k, self.live_count)
         if k <= 0:
             return [], []
-        if ef != self._index.ef:
-            self._index.set_ef(ef)
-        while True:
-            try:
-                labels, distances = self._index.knn_query(query, k=k, num_threads=1)
-                return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
-            except RuntimeError:
-                # Deleted nodes can leave fewer than k reachable results at this ef: widen, then narrow.
-                total = int(self._index.element_count)
-                if self._index.ef < total:
-                    self._index.set_ef(min(total, self._index.ef * 4))
-                elif k > 1:
-                    k -= 1
-                else:
-                    return [], []
+        try:
+            labels, distances = self._index.knn_query(query, k=k, num_threads=1)
+        except RuntimeError:  # hnswlib: fewer than k results reachable at the current ef
+            return None
+        return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
+
+    def _knn_widening(self, query: npt.NDArray[np.float32], k: int, ef: int) -> tuple[list[int], list[float]]:
+        """Deleted nodes can leave fewer than k reachable results: widen ef up to the element count, then lower k."""
+        k = min(k, self.live_count)
+        self._index.set_ef(ef)
+        total = int(self._index.element_count)
+        while k > 0:
+            found = self._knn(query, k)
+            if found is not None:
+                return found
+            if self._index.ef < total:
+                self._index.set_ef(min(total, self._index.ef * 4))
+            else:
+                k -= 1
+        return [], []
 
     # --- writes ---
 
@@ -185,9 +205,6 @@ class HnswIndex:
             (int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := _CHECKPOINT_RE.match(name))
         )
         for seq, path in reversed(checkpoints):
-            index = cls.__new__(cls)
-            index.dimension, index.metric, index.params = dimension, metric, params
-            index._lock = RWLock()
             try:
                 raw = hnswlib.Index(space=metric, dim=dimension)
                 raw.load_index(str(path), max_elements=0, allow_replace_deleted=True)
@@ -197,11 +214,7 @@ class HnswIndex:
             if raw.dim != dimension:
                 log.warning("index checkpoint %s has dimension %d, expected %d", path, raw.dim, dimension)
                 continue
-            raw.set_ef(params.ef_search)
-            index._index = raw
-            index._free_slots = 0
-            index.applied_seq = index.saved_seq = seq
-            return index
+            return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq))
         return None
 
     def reconcile_free_slots(self, live_count: int) -> None:
