@@ -12,6 +12,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Schema
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from akidb import __version__
@@ -24,6 +25,7 @@ from akidb.gateway.controllers.search import SearchController
 from akidb.gateway.controllers.system import HealthController
 from akidb.gateway.errors import EXCEPTION_HANDLERS
 from akidb.gateway.runtime import Runtime
+from akidb.gateway.schemas import request_structs
 
 log = logging.getLogger("akidb")
 
@@ -77,7 +79,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     def provide_runtime() -> Runtime:
         return runtime
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             CollectionController,
             DocumentController,
@@ -99,3 +101,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin(path="/swagger")],
         ),
     )
+    _forbid_unknown_fields_in_schema(app)
+    return app
+
+
+def _forbid_unknown_fields_in_schema(app: Litestar) -> None:
+    """Request Structs reject unknown fields; say so in the OpenAPI document, which Litestar does not."""
+    schemas = app.openapi_schema.components.schemas or {}
+    for struct in request_structs():
+        component = schemas.get(struct.__name__)
+        if isinstance(component, Schema):
+            component.additional_properties = False

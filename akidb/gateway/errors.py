@@ -6,8 +6,10 @@ import logging
 import math
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from akidb.errors import AkidbError, Overloaded
@@ -33,7 +35,10 @@ def akidb_error_handler(_: Request[Any, Any, Any], exc: AkidbError) -> Response[
 
 
 def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
-    """Malformed bodies and parameters: 422, with each problem and where it is in the detail."""
+    """A body or parameter that does not match the schema: 400, naming each problem and where it is.
+
+    Well-formed input that breaks a rule (wrong dimension, blank text) is the services' 422.
+    """
     problems = exc.extra if isinstance(exc.extra, list) else []
     parts = []
     for problem in problems:
@@ -42,7 +47,7 @@ def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException
             message = problem.get("message") or ""
             parts.append(f"{message} at `{where}`" if where else message)
     detail = "invalid request: " + ("; ".join(parts) if parts else exc.detail)
-    return Response(_body(422, detail, problems or None), status_code=422, media_type=MediaType.JSON)
+    return Response(_body(400, detail, problems or None), status_code=400, media_type=MediaType.JSON)
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -61,6 +66,31 @@ def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
         status_code=500,
         media_type=MediaType.JSON,
     )
+
+
+class ErrorBody(msgspec.Struct):
+    """Litestar's error shape, for the OpenAPI document."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None
+
+
+_ERROR_DESCRIPTIONS = {
+    404: "The collection, document or model does not exist",
+    409: "A collection of that name already exists",
+    413: "Too many documents, or a body larger than server.max_body_bytes",
+    422: "Well-formed input that breaks a rule; detail names the document and field",
+    503: "The model cannot be loaded or run here",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the domain errors a handler can answer with."""
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_ERROR_DESCRIPTIONS[code], generate_examples=False)
+        for code in status_codes
+    }
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

@@ -16,6 +16,15 @@ class _Out(Struct, kw_only=True):
     pass
 
 
+def request_structs() -> list[type[_In]]:
+    pending, found = list(_In.__subclasses__()), []
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
 # --- collections ---
 
 

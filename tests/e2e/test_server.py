@@ -193,6 +193,12 @@ def test_schema_is_the_openapi_document(server: AkidbServer) -> None:
     assert "/api/v1/collections/{name}/upsert" in body["paths"]
     plain = expect(server.client.get("/schema"), 200)
     assert plain["openapi"] == body["openapi"]
+    # The document tells clients what the server enforces: closed request bodies and the error statuses.
+    schemas = body["components"]["schemas"]
+    assert schemas["UpsertRequest"]["additionalProperties"] is False
+    assert schemas["DocumentIn"]["additionalProperties"] is False
+    upsert_responses = body["paths"]["/api/v1/collections/{name}/upsert"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "422"} <= set(upsert_responses)
 
 
 def test_models_list_the_loaded_default(server: AkidbServer) -> None:
@@ -313,7 +319,7 @@ def test_pagination_walks_every_document_once(server: AkidbServer, loaded: Loade
     if count <= 1000:
         assert page["next_cursor"] is None
     assert [doc["id"] for doc in page["documents"]] == ids[:1000]
-    expect_error(api.get(f"/api/v1/collections/{FORTUNES}/documents", params={"limit": 0}), 422)
+    expect_error(api.get(f"/api/v1/collections/{FORTUNES}/documents", params={"limit": 0}), 400, "limit")
 
 
 # --- validation and errors -------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class ModelCollection:
     model: str | None
     docs: dict[str, ModelDoc] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)  # ids deleted and not written since
+    last_written: str | None = None
 
 
 def brute_distances(metric: str, query: Vector, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -213,6 +214,7 @@ class CollectionMachine(RuleBasedStateMachine):
         assert result.embeddings_generated == any(doc.vector is None for doc in docs)
         coll.docs.update(expected)
         coll.deleted.difference_update(ids)
+        coll.last_written = ids[-1]
 
     @rule(name=collections, data=st.data())
     def delete(self, name: str, data: st.DataObject) -> None:
@@ -235,6 +237,8 @@ class CollectionMachine(RuleBasedStateMachine):
         for doc_id in ids:
             if coll.docs.pop(doc_id, None) is not None:
                 coll.deleted.add(doc_id)
+        if coll.last_written not in coll.docs:
+            coll.last_written = None
         raw = self.collection_service.handle(name).index._index
         for label in labels:
             try:
@@ -345,6 +349,17 @@ class CollectionMachine(RuleBasedStateMachine):
         index = self.collection_service.handle(coll.name).index
         labels, _ = index.search(coll.docs[doc_id].vector, index.live_count)
         return self._label(coll.name, doc_id) in labels
+
+    @invariant()
+    def search_finds_the_latest_write(self) -> None:
+        """Read-your-writes through the index: a search with the last written vector, after every step."""
+        for name, coll in self.model.items():
+            if coll.last_written is None:
+                continue
+            query = coll.docs[coll.last_written].vector
+            top_k = 1 + len(coll.docs) % 10
+            result = self.run(self.search_service.search(name, vector=query.tolist(), top_k=top_k))
+            self._check_search(coll, query, top_k, result.hits)
 
     @invariant()
     def counts_and_vectors_match_the_model(self) -> None:

@@ -7,6 +7,7 @@ from msgspec import UNSET
 
 from akidb.collections.service import CollectionInfo
 from akidb.errors import InvalidRequest
+from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
 from akidb.storage.repositories import HnswParams
@@ -30,7 +31,7 @@ class CollectionController(Controller):
     path = "/api/v1/collections"
     tags = ("collections",)
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=error_responses(409, 422))
     async def create(self, data: JSONBody[CollectionCreate], runtime: NamedDependency[Runtime]) -> Collection:
         kwargs = {} if data.embedding_model is UNSET else {"embedding_model": data.embedding_model}
         info = await runtime.collections.create(
@@ -47,11 +48,11 @@ class CollectionController(Controller):
     async def list_all(self, runtime: NamedDependency[Runtime]) -> CollectionList:
         return CollectionList(collections=[to_wire(info) for info in await runtime.collections.list()])
 
-    @get("/{name:str}")
+    @get("/{name:str}", responses=error_responses(404))
     async def get_one(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> Collection:
         return to_wire(await runtime.collections.get(name))
 
-    @patch("/{name:str}")
+    @patch("/{name:str}", responses=error_responses(404, 422))
     async def update(
         self, name: FromPath[str], data: JSONBody[CollectionPatch], runtime: NamedDependency[Runtime]
     ) -> Collection:
@@ -72,6 +73,6 @@ class CollectionController(Controller):
         metadata = None if data.metadata is UNSET else data.metadata
         return to_wire(await runtime.collections.update(name, metadata=metadata, ef_search=ef_search))
 
-    @delete("/{name:str}", status_code=204)
+    @delete("/{name:str}", status_code=204, responses=error_responses(404))
     async def remove(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         await runtime.collections.delete(name)

@@ -6,6 +6,7 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import (
     DeleteRequest,
@@ -30,7 +31,7 @@ class DocumentController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("documents",)
 
-    @post("/upsert", status_code=200)
+    @post("/upsert", status_code=200, responses=error_responses(404, 413, 422, 503))
     async def upsert(
         self, name: FromPath[str], data: JSONBody[UpsertRequest], runtime: NamedDependency[Runtime]
     ) -> UpsertResponse:
@@ -44,7 +45,7 @@ class DocumentController(Controller):
             usage=Usage(total_tokens=result.total_tokens, duration_ms=result.duration_ms),
         )
 
-    @get("/documents/{doc_id:str}")
+    @get("/documents/{doc_id:str}", responses=error_responses(404))
     async def get_one(
         self,
         name: FromPath[str],
@@ -55,7 +56,7 @@ class DocumentController(Controller):
         record = await runtime.documents.get(name, doc_id, include_vector=include_vector)
         return to_wire(record, include_vector)
 
-    @get("/documents")
+    @get("/documents", responses=error_responses(404, 422))
     async def list_page(
         self,
         name: FromPath[str],
@@ -69,11 +70,11 @@ class DocumentController(Controller):
             documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
         )
 
-    @delete("/documents/{doc_id:str}", status_code=204)
+    @delete("/documents/{doc_id:str}", status_code=204, responses=error_responses(404))
     async def remove_one(self, name: FromPath[str], doc_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         await runtime.documents.delete_one(name, doc_id)
 
-    @post("/delete", status_code=200)
+    @post("/delete", status_code=200, responses=error_responses(404))
     async def remove_many(
         self, name: FromPath[str], data: JSONBody[DeleteRequest], runtime: NamedDependency[Runtime]
     ) -> DeleteResponse:

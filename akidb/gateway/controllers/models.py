@@ -6,6 +6,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from akidb.embedding.spec import ModelSpec
+from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import ModelInfo, ModelList
 
@@ -43,7 +44,7 @@ class ModelController(Controller):
         models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, runtime) for spec in runtime.registry])
         return ModelList(models=models, default_model=runtime.router.default_model)
 
-    @get("/{model_id:str}")
+    @get("/{model_id:str}", responses=error_responses(404))
     async def get_one(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
         spec = runtime.registry.get(model_id)
         return await anyio.to_thread.run_sync(to_wire, spec, runtime)

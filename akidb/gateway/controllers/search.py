@@ -5,6 +5,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
+from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import SearchHit, SearchRequest, SearchResponse, Usage
 
@@ -13,7 +14,7 @@ class SearchController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("search",)
 
-    @post("/search", status_code=200)
+    @post("/search", status_code=200, responses=error_responses(404, 422, 503))
     async def search(
         self, name: FromPath[str], data: JSONBody[SearchRequest], runtime: NamedDependency[Runtime]
     ) -> SearchResponse:
