@@ -35,6 +35,7 @@ from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import NotFound
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.repositories import Store
+from tests.oracle import brute_distances
 
 T = TypeVar("T")
 Vector = npt.NDArray[np.float32]
@@ -75,16 +76,6 @@ class ModelCollection:
     docs: dict[str, ModelDoc] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)  # ids deleted and not written since
     last_written: str | None = None
-
-
-def brute_distances(metric: str, query: Vector, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    q = np.asarray(query, dtype=np.float64)
-    m = np.asarray(matrix, dtype=np.float64).reshape(-1, q.shape[0])
-    if metric == "l2":
-        return np.asarray(((m - q) ** 2).sum(axis=1))
-    if metric == "ip":
-        return np.asarray(1.0 - m @ q)
-    return np.asarray(1.0 - (m @ q) / (np.linalg.norm(m, axis=1) * np.linalg.norm(q)))
 
 
 def seeded_vector(seed: int, dimension: int, scale: float) -> Vector:

@@ -16,22 +16,12 @@ import pytest
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.index import HnswIndex, open_index
 from akidb.storage.repositories import HnswParams, NewDocument, Store
+from tests.oracle import brute_distances
 
 PARAMS = HnswParams(m=16, ef_construction=200, ef_search=64)
 CHECKPOINT = re.compile(r"^hnsw-(\d{20})\.bin$")
 
 Vector = npt.NDArray[np.float32]
-
-
-def brute_distances(metric: str, query: Vector, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    q = np.asarray(query, dtype=np.float64)
-    m = np.asarray(matrix, dtype=np.float64).reshape(-1, q.shape[0])
-    if metric == "l2":
-        return np.asarray(((m - q) ** 2).sum(axis=1))
-    if metric == "ip":
-        return np.asarray(1.0 - m @ q)
-    norms = np.linalg.norm(m, axis=1) * np.linalg.norm(q)
-    return np.asarray(1.0 - (m @ q) / norms)
 
 
 def random_vectors(n: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
