@@ -182,7 +182,15 @@ class CollectionMachine(RuleBasedStateMachine):
     @rule(name=collections, data=st.data())
     def upsert(self, name: str, data: st.DataObject) -> None:
         coll = self.model[name]
-        ids = data.draw(st.lists(st.sampled_from(ID_POOL), min_size=1, max_size=20, unique=True), label="ids")
+        # Replacements of live documents are drawn on purpose, so that they meet free (deleted) slots often.
+        replaced: list[str] = []
+        if coll.docs:
+            replaced = data.draw(st.lists(st.sampled_from(sorted(coll.docs)), max_size=8, unique=True), label="replace")
+        others = data.draw(
+            st.lists(st.sampled_from(ID_POOL), min_size=0 if replaced else 1, max_size=20 - len(replaced), unique=True),
+            label="ids",
+        )
+        ids = list(dict.fromkeys(replaced + others))
         docs: list[Doc] = []
         expected: dict[str, ModelDoc] = {}
         for doc_id in ids:
@@ -271,7 +279,12 @@ class CollectionMachine(RuleBasedStateMachine):
             assert not handle.index.dirty
             assert self.store.tombstones_since(handle.id, -1) == []  # purged up to the checkpoint
 
-    @rule(save=st.booleans(), damage=st.sampled_from(["none", "none", "delete", "truncate", "garbage"]))
+    @rule()
+    def crash_and_reopen(self) -> None:
+        """A process that dies without a checkpoint: the next one loads the last checkpoint and replays."""
+        self.restart(save=False, damage="none")
+
+    @rule(save=st.booleans(), damage=st.sampled_from(["none", "delete", "truncate", "garbage"]))
     def restart(self, save: bool, damage: str) -> None:
         """Rebuild every service from the data directory, as a new process would."""
         if save:
@@ -337,9 +350,23 @@ class CollectionMachine(RuleBasedStateMachine):
         return self.run(self.documents.get(name, doc_id, include_vector=False)).label
 
     def _reachable(self, coll: ModelCollection, doc_id: str) -> bool:
-        index = self.collection_service.handle(coll.name).index
-        labels, _ = index.search(coll.docs[doc_id].vector, index.live_count)
-        return self._label(coll.name, doc_id) in labels
+        """Can hnswlib's graph reach the document at all? Asked of the raw index with ef = every slot, so that
+        the answer does not depend on the code under test."""
+        raw = self.collection_service.handle(coll.name).index._index
+        label = self._label(coll.name, doc_id)
+        query = np.asarray(coll.docs[doc_id].vector, dtype=np.float32).reshape(1, -1)
+        saved_ef = int(raw.ef)
+        raw.set_ef(max(int(raw.element_count), 1))
+        try:
+            for k in range(len(coll.docs), 0, -1):  # hnswlib raises when fewer than k are reachable
+                try:
+                    labels, _ = raw.knn_query(query, k=k, num_threads=1)
+                except RuntimeError:
+                    continue
+                return label in {int(x) for x in labels[0]}
+            return False
+        finally:
+            raw.set_ef(saved_ef)
 
     @invariant()
     def search_finds_the_latest_write(self) -> None:
@@ -366,12 +393,6 @@ class CollectionMachine(RuleBasedStateMachine):
                 assert record.vector is not None
                 np.testing.assert_array_equal(record.vector, want.vector)
                 assert (record.text, record.metadata) == (want.text, want.metadata)
-                # The index holds the same vector, live, under the row's label (hnswlib normalises cosine).
-                held = np.asarray(handle.index._index.get_items([record.label]), dtype=np.float64)[0]
-                expected = want.vector.astype(np.float64)
-                if coll.metric == "cosine":
-                    expected = expected / np.linalg.norm(expected)
-                np.testing.assert_allclose(held, expected, rtol=1e-5, atol=1e-5)
             for doc_id in sorted(coll.deleted)[:2]:
                 try:
                     self.run(self.documents.get(name, doc_id, include_vector=False))
@@ -379,6 +400,35 @@ class CollectionMachine(RuleBasedStateMachine):
                     pass
                 else:
                     raise AssertionError(f"{name}: deleted document {doc_id} still readable")
+
+    @invariant()
+    def index_holds_exactly_the_live_documents(self) -> None:
+        """The index's contents, read from hnswlib itself, so that no graph quirk can hide a wrong index:
+        one slot per label, every live document's label live with its latest vector, every other label deleted."""
+        for name, coll in self.model.items():
+            handle = self.collection_service.handle(name)
+            raw = handle.index._index
+            slots = [int(label) for label in raw.get_ids_list()]
+            assert len(slots) == len(set(slots)) == int(raw.element_count), (
+                f"{name}: {raw.element_count} slots but {len(set(slots))} labels (a label in two slots?)"
+            )
+            rows = self.store.list_documents(handle.id, after_id=None, limit=10_000, with_vector=False)
+            live = {row.label: row.id for row in rows}
+            assert sorted(live.values()) == sorted(coll.docs)
+            assert set(live) <= set(slots), f"{name}: live labels missing from the index: {set(live) - set(slots)}"
+            if live:
+                labels = sorted(live)
+                held = np.asarray(raw.get_items(labels), dtype=np.float64)
+                expected = np.stack([coll.docs[live[label]].vector for label in labels]).astype(np.float64)
+                if coll.metric == "cosine":  # hnswlib stores cosine vectors normalised
+                    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+                np.testing.assert_allclose(held, expected, rtol=1e-5, atol=1e-5)
+            for label in set(slots) - set(live):
+                try:
+                    raw.get_items([label])
+                except RuntimeError:
+                    continue  # hnswlib: "Label not found" for a label marked deleted
+                raise AssertionError(f"{name}: label {label} has no document but is live in the index")
 
 
 CollectionMachine.TestCase.settings = settings(
