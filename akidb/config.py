@@ -37,6 +37,8 @@ class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     # FULL survives power loss as well as a crash of the process; NORMAL only the latter.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     index_save_interval_s: float = 30.0
+    # Collections of up to this many vectors are searched exactly; larger ones through the HNSW graph.
+    exact_search_max_vectors: int = 5000
 
     @property
     def resolved_url(self) -> str:

@@ -14,7 +14,7 @@ import anyio.to_thread
 from akidb.collections.validation import METRICS, check_collection_name, check_ef_search, check_hnsw
 from akidb.embedding.registry import ModelRegistry
 from akidb.errors import DimensionMismatch, InvalidRequest, NotFound
-from akidb.storage.index import HnswIndex, open_index, remove_index_files
+from akidb.storage.index import DEFAULT_EXACT_MAX, HnswIndex, open_index, remove_index_files
 from akidb.storage.repositories import CollectionRecord, HnswParams, Store
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,20 @@ class CollectionHandle:
 
 
 class CollectionService:
-    def __init__(self, store: Store, registry: ModelRegistry, index_root: Path, *, default_model: str | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: ModelRegistry,
+        index_root: Path,
+        *,
+        default_model: str | None,
+        exact_search_max: int = DEFAULT_EXACT_MAX,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.index_root = index_root
         self.default_model = default_model
+        self.exact_search_max = exact_search_max
         self._handles: dict[str, CollectionHandle] = {}
         self._handles_lock = threading.Lock()
 
@@ -78,6 +87,7 @@ class CollectionService:
             metric=record.metric,
             params=record.hnsw,
             last_seq=record.last_seq,
+            exact_max=self.exact_search_max,
         )
         handle = CollectionHandle(record, index, directory)
         with self._handles_lock:

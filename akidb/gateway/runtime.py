@@ -49,7 +49,13 @@ class Runtime:
         )
         store = Store(engine)
         router = EmbeddingRouter(settings.embedding, registry)
-        collections = CollectionService(store, registry, settings.storage.index_dir, default_model=router.default_model)
+        collections = CollectionService(
+            store,
+            registry,
+            settings.storage.index_dir,
+            default_model=router.default_model,
+            exact_search_max=settings.storage.exact_search_max_vectors,
+        )
         return cls(
             settings=settings,
             store=store,

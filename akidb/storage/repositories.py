@@ -383,6 +383,14 @@ class Store:
             for part in result.partitions(batch):
                 yield [row.label for row in part], [row.vector for row in part]
 
+    def all_vectors(self, collection_id: int) -> tuple[list[int], list[bytes]]:
+        """(labels, vector blobs) of every live document: the exact-search mirror of a small collection."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_documents.c.label, _documents.c.vector).where(_documents.c.collection_id == collection_id)
+            ).all()
+        return [row.label for row in rows], [row.vector for row in rows]
+
     def tombstones_since(self, collection_id: int, after_seq: int) -> list[int]:
         with self.engine.connect() as conn:
             return list(

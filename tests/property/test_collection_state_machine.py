@@ -102,7 +102,10 @@ metadata_strategy: st.SearchStrategy[dict[str, Any]] = st.one_of(
 
 
 class CollectionMachine(RuleBasedStateMachine):
+    """Every search walks the HNSW graph (exact_search_max=0)."""
+
     collections = Bundle("collections")
+    EXACT_SEARCH_MAX = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,7 +129,9 @@ class CollectionMachine(RuleBasedStateMachine):
         self.store = Store(self.engine)
         registry = default_registry()
         self.router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
-        self.collection_service = CollectionService(self.store, registry, self.index_root, default_model=TEXT_MODEL)
+        self.collection_service = CollectionService(
+            self.store, registry, self.index_root, default_model=TEXT_MODEL, exact_search_max=self.EXACT_SEARCH_MAX
+        )
         self.collection_service.open_all()
         self.documents = DocumentService(self.collection_service, self.router, max_documents=100)
         self.search_service = SearchService(self.collection_service, self.router, max_top_k=100)
@@ -334,6 +339,10 @@ class CollectionMachine(RuleBasedStateMachine):
         kth = float(np.sort(exact)[expected_count - 1])
         within = kth + DISTANCE_TOL * max(1.0, abs(kth))
         good = sum(exact_of[doc_id] <= within for doc_id in ids)
+        if len(ID_POOL) <= self.EXACT_SEARCH_MAX:
+            # Collections this small are scanned exactly: nothing is excused.
+            assert self.collection_service.handle(coll.name).index.exact
+            assert good == expected_count, f"exact search missed: {good} of {expected_count}"
         if good < expected_count:
             # hnswlib can leave a live node with no incoming edge after updates and slot reuse; no ef finds
             # it. Such a miss says nothing about this search, so it is excused (and counted) -- but only
@@ -438,3 +447,13 @@ CollectionMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestCollectionStateMachine = CollectionMachine.TestCase
+
+
+class ExactCollectionMachine(CollectionMachine):
+    """The default threshold: these collections (at most len(ID_POOL) documents) are searched exactly."""
+
+    EXACT_SEARCH_MAX = 5000
+
+
+ExactCollectionMachine.TestCase.settings = CollectionMachine.TestCase.settings
+TestExactCollectionStateMachine = ExactCollectionMachine.TestCase
