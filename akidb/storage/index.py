@@ -269,9 +269,6 @@ class HnswIndex:
             except Exception as exc:  # hnswlib raises RuntimeError or worse on damaged files
                 log.warning("index checkpoint %s is unreadable (%s); trying an older one", path, exc)
                 continue
-            if raw.dim != dimension:
-                log.warning("index checkpoint %s has dimension %d, expected %d", path, raw.dim, dimension)
-                continue
             return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq), exact_max=exact_max)
         return None
 
