@@ -65,10 +65,5 @@ class ModelUnavailable(AkidbError):
     code = "model_unavailable"
 
 
-class NotReady(AkidbError):
-    status_code = 503
-    code = "not_ready"
-
-
 class ConfigError(Exception):
     """A bad configuration; start-up stops with this one-line message."""

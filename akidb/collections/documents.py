@@ -154,6 +154,3 @@ class DocumentService:
     async def delete_one(self, collection: str, doc_id: str) -> None:
         if await self.delete(collection, [doc_id]) == 0:
             raise NotFound(f"document '{doc_id}' does not exist in collection '{collection}'")
-
-
-__all__ = ["DocumentPage", "DocumentService", "UpsertResult", "fit_dimension"]
