@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from akidb.embedding.provider import ProviderOptions
 from akidb.embedding.providers.torch import TorchProvider
 from akidb.embedding.registry import default_registry
 from akidb.embedding.sources import find_model_files
@@ -57,7 +58,7 @@ def main() -> None:
     ref_seconds = time.perf_counter() - started
     ref_score = spearman_of(ref_first, ref_second, gold)
 
-    provider = TorchProvider(spec, path, device="cpu")
+    provider = TorchProvider(spec, path, ProviderOptions(device="cpu"))
     started = time.perf_counter()
     ours_first = provider.embed(firsts, "document").vectors
     ours_second = provider.embed(seconds, "document").vectors

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from akidb.config import EmbeddingSettings
-from akidb.embedding.provider import EmbeddingProvider, Embeddings
+from akidb.embedding.provider import EmbeddingProvider, Embeddings, ProviderOptions
 from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.sources import find_model_files
 from akidb.embedding.spec import InputKind, ModelSpec
@@ -83,9 +83,12 @@ class EmbeddingRouter:
         return TorchProvider(
             spec,
             path,
-            device=self.settings.device,
-            num_threads=self.settings.num_threads,
-            batch_size=self.settings.batch_size,
+            ProviderOptions(
+                device=self.settings.device,
+                num_threads=self.settings.num_threads,
+                batch_size=self.settings.batch_size,
+                quantization=self.settings.quantization,
+            ),
         )
 
     def load(self, model_id: str) -> EmbeddingProvider:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from akidb.embedding.provider import ProviderOptions
 from akidb.embedding.providers.torch import TorchProvider
 from akidb.embedding.registry import default_registry
 from akidb.embedding.sources import find_model_files
@@ -32,7 +33,7 @@ def minilm_path() -> Path:
 
 @pytest.fixture(scope="module")
 def provider(minilm_path: Path) -> TorchProvider:
-    return TorchProvider(MINILM, minilm_path, device="cpu")
+    return TorchProvider(MINILM, minilm_path, ProviderOptions(device="cpu"))
 
 
 def test_packaged_model_is_found_offline(minilm_path: Path) -> None:
@@ -109,7 +110,7 @@ def test_pooling_of_a_tiny_random_bert(tmp_path: Path, minilm_path: Path, poolin
         pooling=pooling,  # type: ignore[arg-type]
         query_prefix="query: ",
     )
-    provider = TorchProvider(spec, folder, device="cpu")
+    provider = TorchProvider(spec, folder, ProviderOptions(device="cpu"))
     texts = ["one two three four five", "six"]
     ours = provider.embed(texts, "query").vectors
     model = BertModel.from_pretrained(folder).eval()

@@ -1,0 +1,85 @@
+"""Tokenization shared by every backend: the fast tokenizer, length-sorted chunks, right padding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+from akidb.embedding.provider import Embeddings
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+def load_tokenizer(model_path: Path, max_length: int) -> tuple[Tokenizer, int]:
+    """The fast tokenizer, truncating at the model's window and never padding, plus its pad id.
+
+    Some exported tokenizer.json files pin padding and truncation (all-MiniLM-L6-v2's pads everything
+    to 128 and truncates at 128 while the model reads 256); sentence-transformers overrides both, so do we.
+    Batches are padded to their own longest row by `pad_batch`.
+    """
+    tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    pad_id = int(tokenizer.padding["pad_id"]) if tokenizer.padding else 0
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer, pad_id
+
+
+def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices grouped into batches of similar length, so each batch pads little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@dataclass(frozen=True, slots=True)
+class PaddedBatch:
+    """Right-padded token arrays, shape (rows, longest row). Right padding keeps every real token's
+    position, so causal models give the same hidden states as unpadded."""
+
+    input_ids: IntArray
+    attention_mask: IntArray
+    token_type_ids: IntArray
+
+    @property
+    def lengths(self) -> IntArray:
+        lengths: IntArray = self.attention_mask.sum(axis=1)
+        return lengths
+
+
+def pad_batch(encodings: Sequence[Any], pad_id: int) -> PaddedBatch:
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = 1
+        types[row, :n] = encoding.type_ids
+    return PaddedBatch(ids, mask, types)
+
+
+def embed_in_chunks(
+    tokenizer: Tokenizer,
+    pad_id: int,
+    texts: Sequence[str],
+    prefix: str,
+    batch_size: int,
+    dimension: int,
+    run_batch: Callable[[PaddedBatch], FloatArray],
+) -> Embeddings:
+    """Tokenize all texts at once, run length-sorted padded chunks through `run_batch`, restore order."""
+    encodings = tokenizer.encode_batch([prefix + text for text in texts])
+    vectors = np.empty((len(texts), dimension), dtype=np.float32)
+    total_tokens = 0
+    for rows in length_sorted_chunks([len(e.ids) for e in encodings], batch_size):
+        chunk = [encodings[row] for row in rows]
+        vectors[rows] = run_batch(pad_batch(chunk, pad_id))
+        total_tokens += sum(len(e.ids) for e in chunk)
+    return Embeddings(vectors=vectors, total_tokens=total_tokens)
