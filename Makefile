@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[torch,dev]" "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[torch,onnx,mlx,dev]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 install: $(STAMP)

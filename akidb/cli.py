@@ -52,18 +52,24 @@ def _prepare_data_dir(settings: Settings) -> None:
         raise ConfigError(f"config: `storage.data_dir` {data_dir} cannot be used as a folder ({exc.strerror})") from exc
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings) -> int:
     import uvicorn
 
     from akidb.gateway.app import create_app
+    from akidb.gateway.runtime import Runtime
 
+    runtime = Runtime.build(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, runtime),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=10,
     )
+    if runtime.readiness.fatal:
+        print(f"akidb: {runtime.readiness.fatal}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _migrate(settings: Settings) -> None:
@@ -76,10 +82,10 @@ def _migrate(settings: Settings) -> None:
 
 
 def _models(settings: Settings, args: argparse.Namespace) -> None:
-    from akidb.embedding.registry import default_registry
+    from akidb.config import build_registry
     from akidb.embedding.sources import download_model, find_model_files
 
-    registry = default_registry()
+    registry = build_registry(settings.embedding)
     if args.models_command == "pull":
         print(f"{args.model_id}: {download_model(registry.get(args.model_id))}")
         return
@@ -103,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
-        _serve(settings)
+        return _serve(settings)
     elif args.command == "migrate":
         _migrate(settings)
     elif args.command == "models":

@@ -6,11 +6,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from akidb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from akidb.embedding.registry import ModelRegistry
 
 ProviderName = Literal["torch", "onnx", "mlx", "mock", "user_provided"]
 Quantization = Literal["fp32", "fp16", "int8", "int4"]
@@ -51,19 +54,60 @@ class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
         return Path(self.data_dir).resolve() / "indexes"
 
 
+class CustomModel(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A model the user registers in the config file: a local folder or a hub id, and how to pool it."""
+
+    id: str
+    dimension: int
+    # A local folder with config.json, the weights and tokenizer.json ...
+    path: str = ""
+    # ... or a Hugging Face repo id, found in the HF cache (or downloaded by `akidb models pull`).
+    hf_path: str = ""
+    pooling: Literal["mean", "cls", "last_token"] = "mean"
+    max_seq_length: int = 512
+    normalize: bool = True
+    query_prefix: str = ""
+    document_prefix: str = ""
+    matryoshka_dimensions: list[int] = msgspec.field(default_factory=list)
+    description: str = ""
+
+
 class EmbeddingSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     provider: ProviderName = "torch"
     model: str = "all-MiniLM-L6-v2"
     device: str = "auto"
     quantization: Quantization = "fp32"
+    # When the provider cannot run here (no MLX, no CUDA, missing library), try these next, in order.
+    fallback: bool = True
+    fallback_order: list[ProviderName] = msgspec.field(default_factory=lambda: ["onnx", "torch"])
     batch_size: int = 32
     batch_timeout_ms: float = 5.0
-    # Where generated artefacts (exported graphs, downloads) go; empty means <data_dir>/../.cache/akidb.
+    # Where generated artefacts (exported ONNX graphs) go; empty means $XDG_CACHE_HOME/akidb or ~/.cache/akidb.
     cache_dir: str = ""
     # A folder holding model folders, searched before the Hugging Face cache and the packaged copy.
     model_dir: str = ""
     num_threads: int = 0
+    # Load and warm the default model (and `preload_models`) before /health/ready says 200.
     preload: bool = True
+    preload_models: list[str] = msgspec.field(default_factory=list)
+    # Least recently used models are unloaded past either limit; 0 means no memory limit.
+    max_loaded_models: int = 3
+    max_model_memory_mb: int = 0
+    models: list[CustomModel] = msgspec.field(default_factory=list)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "akidb"
+
+    def provider_order(self) -> list[ProviderName]:
+        """The provider asked for, then (if fallback is on) the fallback order without repeats."""
+        order: list[ProviderName] = [self.provider]
+        if self.fallback:
+            order += [name for name in self.fallback_order if name not in order]
+        return order
 
 
 class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,8 +125,6 @@ _ENV_PREFIX = "AKIDB_"
 # Environment variables with the prefix that are not settings keys.
 _ENV_NOT_SETTINGS = {"AKIDB_CONFIG"}
 _ENV_SYNONYMS = {("embedding", "mode"): ("embedding", "provider")}
-# Named by the contract, built in a later version.
-_PROVIDERS_NOT_BUILT = {"onnx", "mlx"}
 _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
 
 
@@ -192,11 +234,52 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError("config: `server.max_documents_per_upsert` must be at least 1")
     if settings.embedding.batch_size < 1:
         raise ConfigError("config: `embedding.batch_size` must be at least 1")
-    if settings.embedding.provider in _PROVIDERS_NOT_BUILT:
-        raise ConfigError(
-            f"config: `embedding.provider` '{settings.embedding.provider}' is not available in this version yet; "
-            "use torch, mock or user_provided"
+    embedding = settings.embedding
+    if embedding.max_loaded_models < 1:
+        raise ConfigError("config: `embedding.max_loaded_models` must be at least 1")
+    if embedding.max_model_memory_mb < 0:
+        raise ConfigError("config: `embedding.max_model_memory_mb` must be 0 (no limit) or more")
+    for name in embedding.fallback_order:
+        if name in {"mock", "user_provided"}:
+            raise ConfigError(f"config: `embedding.fallback_order` may name onnx, torch or mlx, not '{name}'")
+    for position, custom in enumerate(embedding.models):
+        where = f"`embedding.models[{position}]`"
+        if not (custom.path or custom.hf_path):
+            raise ConfigError(f"config: {where} ('{custom.id}') needs `path` (a local folder) or `hf_path`")
+        if custom.dimension < 1:
+            raise ConfigError(f"config: {where} ('{custom.id}') needs a positive `dimension`")
+        if custom.id in default_registry():
+            raise ConfigError(f"config: {where} id '{custom.id}' is already a built-in model")
+    registry = build_registry(embedding)
+    if embedding.provider != "user_provided":
+        for key, model_id in [("model", embedding.model)] + [
+            (f"preload_models[{i}]", m) for i, m in enumerate(embedding.preload_models)
+        ]:
+            if model_id not in registry:
+                known = ", ".join(registry.ids())
+                raise ConfigError(f"config: `embedding.{key}` '{model_id}' is not a known model ({known})")
+
+
+def build_registry(embedding: EmbeddingSettings) -> ModelRegistry:
+    """The built-in catalogue plus the models registered in the config file."""
+    from akidb.embedding.registry import ModelRegistry, default_registry
+    from akidb.embedding.spec import ModelSpec
+
+    custom = [
+        ModelSpec(
+            id=model.id,
+            name=model.id,
+            hf_path=model.hf_path or model.id,
+            local_path=model.path or None,
+            dimension=model.dimension,
+            max_seq_length=model.max_seq_length,
+            pooling=model.pooling,
+            normalize=model.normalize,
+            query_prefix=model.query_prefix,
+            document_prefix=model.document_prefix,
+            matryoshka_dimensions=tuple(model.matryoshka_dimensions),
+            description=model.description or "registered in the config file",
         )
-    if settings.embedding.provider != "user_provided" and settings.embedding.model not in default_registry():
-        known = ", ".join(default_registry().ids())
-        raise ConfigError(f"config: `embedding.model` '{settings.embedding.model}' is not a known model ({known})")
+        for model in embedding.models
+    ]
+    return ModelRegistry([*default_registry(), *custom], default_model=embedding.model)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 import numpy as np
-import numpy.typing as npt
 
 from akidb.collections.service import CollectionHandle, CollectionService
 from akidb.collections.validation import DocumentInput, PreparedDocument, prepare_documents
+from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
 from akidb.storage.repositories import DocumentRecord, NewDocument
@@ -36,16 +36,6 @@ class UpsertResult:
 class DocumentPage:
     documents: list[DocumentRecord]
     next_cursor: str | None
-
-
-def fit_dimension(vectors: npt.NDArray[np.float32], dimension: int, normalize: bool) -> npt.NDArray[np.float32]:
-    """Cut Matryoshka embeddings to the collection's dimension (and re-normalise them)."""
-    if vectors.shape[1] == dimension:
-        return vectors
-    cut = np.ascontiguousarray(vectors[:, :dimension])
-    if normalize:
-        cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-    return cut
 
 
 def _encode_cursor(doc_id: str) -> str:

@@ -10,9 +10,9 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from akidb.collections.documents import fit_dimension
 from akidb.collections.service import CollectionService
 from akidb.collections.validation import check_ef_search, check_text, check_top_k, check_vector
+from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest
 

@@ -29,3 +29,13 @@ def l2_normalize(vectors: FloatArray) -> FloatArray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     normalized: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     return normalized
+
+
+def fit_dimension(vectors: FloatArray, dimension: int, normalize: bool) -> FloatArray:
+    """Cut Matryoshka embeddings to a smaller trained size (and re-normalise them)."""
+    if vectors.shape[1] == dimension:
+        return vectors
+    cut = np.ascontiguousarray(vectors[:, :dimension])
+    if normalize:
+        cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return cut

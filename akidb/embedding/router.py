@@ -1,4 +1,9 @@
-"""Model id -> loaded provider. Loads lazily (once, under a per-model lock) and runs inference off the loop."""
+"""The model manager: model id -> loaded provider.
+
+Loads lazily (once per model, under a per-model lock), picks the first backend in the configured order
+that can run here, measures what each load costs in resident memory, and unloads the least recently used
+models past `max_loaded_models` or `max_model_memory_mb`. Inference runs on one worker thread per model.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,29 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from akidb.config import EmbeddingSettings
-from akidb.embedding.provider import EmbeddingProvider, Embeddings, ProviderOptions
+from akidb.embedding.memory import release_freed_memory, resident_bytes
+from akidb.embedding.pooling import fit_dimension
+from akidb.embedding.provider import (
+    EmbeddingProvider,
+    Embeddings,
+    ProviderFactory,
+    ProviderOptions,
+    ProviderUnsupported,
+    Quantization,
+)
 from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.sources import find_model_files
 from akidb.embedding.spec import InputKind, ModelSpec
 from akidb.errors import InvalidRequest, ModelUnavailable
 
 log = logging.getLogger(__name__)
+
+MODEL_BACKENDS = ("torch", "onnx", "mlx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +46,63 @@ class EmbedResult:
     duration_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """What /api/v1/models reports about a model in memory."""
+
+    model: str
+    provider: str
+    quantization: str
+    # The larger of the growth in resident memory over the load and the bytes of the weights held:
+    # weights read through mmap only become resident once every page has been touched.
+    memory_bytes: int
+    resident_growth_bytes: int
+    weight_bytes: int
+    load_seconds: float
+
+
 class _Loaded:
-    def __init__(self, provider: EmbeddingProvider) -> None:
+    def __init__(self, provider: EmbeddingProvider, info: LoadedModel) -> None:
         self.provider = provider
+        self.info = info
         # One worker per model: a provider runs one batch at a time and uses every core for it.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{provider.spec.id}")
+        self.in_use = 0
+        self.last_used = time.monotonic()
+
+    def close_after_pending_work(self) -> None:
+        """Queued inferences finish first; then the provider lets go of its weights."""
+        self.executor.submit(self.provider.close)
+        self.executor.shutdown(wait=False)
+
+
+def _weight_bytes(provider: EmbeddingProvider) -> int:
+    """What the backend says its weights take (0 if it cannot say)."""
+    measure = getattr(provider, "weight_bytes", None)
+    if not callable(measure):
+        return 0
+    try:
+        return int(measure())
+    except Exception:  # a diagnostic only: never fail a load over it
+        log.debug("weight_bytes() failed for %s", provider.spec.id, exc_info=True)
+        return 0
+
+
+def backend_factory(name: str) -> ProviderFactory:
+    """The constructor of a model backend, imported only when asked for."""
+    if name == "torch":
+        from akidb.embedding.providers.torch import TorchProvider
+
+        return TorchProvider
+    if name == "onnx":
+        from akidb.embedding.providers.onnx import OnnxProvider
+
+        return OnnxProvider
+    if name == "mlx":
+        from akidb.embedding.providers.mlx import MlxProvider
+
+        return MlxProvider
+    raise ProviderUnsupported(f"unknown embedding provider '{name}'")
 
 
 class EmbeddingRouter:
@@ -42,7 +111,10 @@ class EmbeddingRouter:
         self.registry = registry
         self._loaded: dict[str, _Loaded] = {}
         self._load_locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # Guards _loaded, in_use and last_used; never held while loading or inferring.
+        self._guard = threading.Lock()
+        # Loads run one at a time, so each one's memory delta is its own.
+        self._measure_lock = threading.Lock()
 
     @property
     def default_model(self) -> str | None:
@@ -54,6 +126,14 @@ class EmbeddingRouter:
     def is_loaded(self, model_id: str) -> bool:
         return model_id in self._loaded
 
+    def loaded_info(self, model_id: str) -> LoadedModel | None:
+        loaded = self._loaded.get(model_id)
+        return loaded.info if loaded else None
+
+    def loaded_models(self) -> list[LoadedModel]:
+        with self._guard:
+            return [loaded.info for loaded in self._loaded.values()]
+
     def is_available(self, model_id: str) -> bool:
         """Can the model run here without a download?"""
         if self.settings.provider == "mock":
@@ -61,6 +141,23 @@ class EmbeddingRouter:
         if self.settings.provider == "user_provided":
             return False
         return find_model_files(self.registry.get(model_id), self.settings.model_dir) is not None
+
+    # --- choosing a backend ---
+
+    def backend_order(self, spec: ModelSpec) -> list[str]:
+        """The configured order, narrowed to the backends that can serve this model."""
+        order: list[str] = list(self.settings.provider_order())
+        if spec.providers:
+            order = [name for name in order if name in spec.providers] + [
+                name for name in spec.providers if name not in order
+            ]
+        return order
+
+    def quantization_for(self, spec: ModelSpec) -> Quantization:
+        """The configured quantization; a model whose weights ship quantized keeps its own."""
+        if self.settings.quantization == "fp32" and spec.default_quantization in ("fp16", "int8", "int4"):
+            return spec.default_quantization  # type: ignore[return-value]
+        return self.settings.quantization
 
     def _build(self, spec: ModelSpec) -> EmbeddingProvider:
         provider = self.settings.provider
@@ -70,77 +167,177 @@ class EmbeddingRouter:
             return MockProvider(spec)
         if provider == "user_provided":
             raise ModelUnavailable("this server runs with embedding.provider=user_provided: send vectors, not text")
-        if provider != "torch":
-            raise ModelUnavailable(f"embedding provider '{provider}' is not available in this build; use torch")
         path = find_model_files(spec, self.settings.model_dir)
         if path is None:
             raise ModelUnavailable(
                 f"model '{spec.id}' has no local files: put them under embedding.model_dir, "
                 f"or run `akidb models pull {spec.id}` on a machine with network access"
             )
-        from akidb.embedding.providers.torch import TorchProvider
+        options = self._options(spec)
+        reasons: list[str] = []
+        for name in self.backend_order(spec):
+            try:
+                return backend_factory(name)(spec, path, options)
+            except ProviderUnsupported as exc:
+                reasons.append(f"{name}: {exc.detail}")
+                log.warning("model %s cannot run on %s here: %s", spec.id, name, exc.detail)
+        tried = "; ".join(reasons)
+        hint = "" if self.settings.fallback else " (embedding.fallback is off)"
+        raise ProviderUnsupported(f"model '{spec.id}': no backend can run it here{hint}: {tried}")
 
-        return TorchProvider(
-            spec,
-            path,
-            ProviderOptions(
-                device=self.settings.device,
-                num_threads=self.settings.num_threads,
-                batch_size=self.settings.batch_size,
-                quantization=self.settings.quantization,
-            ),
+    def _options(self, spec: ModelSpec) -> ProviderOptions:
+        return ProviderOptions(
+            device=self.settings.device,
+            quantization=self.quantization_for(spec),
+            num_threads=self.settings.num_threads,
+            batch_size=self.settings.batch_size,
+            cache_dir=Path(self.settings.resolved_cache_dir),
         )
 
+    # --- loading and unloading ---
+
     def load(self, model_id: str) -> EmbeddingProvider:
-        """Blocking: load the model if needed. Concurrent first callers load it once."""
+        """Blocking: load and warm the model if needed. Concurrent first callers load it once."""
         loaded = self._loaded.get(model_id)
         if loaded is not None:
             return loaded.provider
         spec = self.registry.get(model_id)
-        with self._locks_guard:
+        with self._guard:
             lock = self._load_locks.setdefault(model_id, threading.Lock())
         with lock:
             loaded = self._loaded.get(model_id)
-            if loaded is None:
+            if loaded is not None:
+                return loaded.provider
+            with self._measure_lock:
+                release_freed_memory()
+                before = resident_bytes()
                 started = time.perf_counter()
                 provider = self._build(spec)
                 provider.warmup()
-                loaded = _Loaded(provider)
+                seconds = time.perf_counter() - started
+                growth = max(resident_bytes() - before, 0)
+            weights = _weight_bytes(provider)
+            memory = max(growth, weights)
+            quantization = str(getattr(provider, "quantization", self.quantization_for(spec)))
+            info = LoadedModel(model_id, provider.name, quantization, memory, growth, weights, seconds)
+            loaded = _Loaded(provider, info)
+            with self._guard:
                 self._loaded[model_id] = loaded
-                log.info("loaded model %s with %s in %.1fs", model_id, provider.name, time.perf_counter() - started)
+            log.info(
+                "loaded model %s with %s (%s) in %.1fs, %.0f MiB resident",
+                model_id,
+                provider.name,
+                quantization,
+                seconds,
+                memory / 2**20,
+            )
+        self._evict(keep=model_id)
         return loaded.provider
+
+    def _evict(self, keep: str) -> None:
+        """Unload least recently used idle models until both limits hold again."""
+        budget = self.settings.max_model_memory_mb * 2**20
+        evicted: list[_Loaded] = []
+        with self._guard:
+            while True:
+                count = len(self._loaded)
+                memory = sum(loaded.info.memory_bytes for loaded in self._loaded.values())
+                over = count > self.settings.max_loaded_models or (budget > 0 and memory > budget)
+                if not over:
+                    break
+                idle = [(m.last_used, mid) for mid, m in self._loaded.items() if mid != keep and m.in_use == 0]
+                if not idle:
+                    log.warning("model limits exceeded (%d loaded, %.0f MiB), but every model is busy", count, memory)
+                    break
+                _, victim = min(idle)
+                evicted.append(self._loaded.pop(victim))
+        for loaded in evicted:
+            log.info("unloading model %s (least recently used)", loaded.info.model)
+            loaded.close_after_pending_work()
+        if evicted:
+            release_freed_memory()
+
+    def unload(self, model_id: str) -> bool:
+        """Unload a model now (its queued work finishes first). False if it was not loaded."""
+        self.registry.get(model_id)
+        with self._guard:
+            loaded = self._loaded.pop(model_id, None)
+        if loaded is None:
+            return False
+        loaded.close_after_pending_work()
+        release_freed_memory()
+        log.info("unloaded model %s", model_id)
+        return True
+
+    def _acquire(self, model_id: str) -> _Loaded | None:
+        with self._guard:
+            loaded = self._loaded.get(model_id)
+            if loaded is not None:
+                loaded.in_use += 1
+                loaded.last_used = time.monotonic()
+            return loaded
+
+    def _release(self, loaded: _Loaded) -> None:
+        with self._guard:
+            loaded.in_use -= 1
+
+    # --- inference ---
 
     async def embed(self, model_id: str, texts: Sequence[str], kind: InputKind) -> EmbedResult:
         loop = asyncio.get_running_loop()
-        if model_id not in self._loaded:
+        loaded = self._acquire(model_id)
+        while loaded is None:
             await loop.run_in_executor(None, self.load, model_id)
-        loaded = self._loaded[model_id]
-        started = time.perf_counter()
-        embeddings = await loop.run_in_executor(loaded.executor, loaded.provider.embed, list(texts), kind)
-        return EmbedResult(embeddings, model_id, (time.perf_counter() - started) * 1000.0)
+            loaded = self._acquire(model_id)  # None only if it was evicted again in between
+        try:
+            started = time.perf_counter()
+            embeddings = await loop.run_in_executor(loaded.executor, loaded.provider.embed, list(texts), kind)
+            return EmbedResult(embeddings, model_id, (time.perf_counter() - started) * 1000.0)
+        finally:
+            self._release(loaded)
 
     async def embed_texts(
-        self, model_id: str | None, texts: Sequence[str], kind: InputKind, *, normalize: bool = True
+        self,
+        model_id: str | None,
+        texts: Sequence[str],
+        kind: InputKind,
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        field: str = "inputs",
     ) -> EmbedResult:
-        """The /embed rules: a known model (default if None), at least one text, none of them blank."""
+        """The embed endpoints' rules: a known model (default if None), at least one text, none blank,
+        and `dimensions` (if given) one the model was trained for."""
         if model_id is None:
             model_id = self.default_model
             if model_id is None:
                 raise ModelUnavailable("this server has no default model (embedding.provider=user_provided)")
-        self.registry.get(model_id)  # ModelNotFound (404) for an unknown id
+        spec = self.registry.get(model_id)  # ModelNotFound (404) for an unknown id
         if not texts:
-            raise InvalidRequest("inputs: send at least one text", extra={"field": "inputs"})
+            raise InvalidRequest(f"{field}: send at least one text", extra={"field": field})
         for position, text in enumerate(texts):
             if not text.strip():
-                raise InvalidRequest(f"inputs[{position}]: text is empty", extra={"field": f"inputs[{position}]"})
+                raise InvalidRequest(f"{field}[{position}]: text is empty", extra={"field": f"{field}[{position}]"})
+        if dimensions is not None and not spec.supports_dimension(dimensions):
+            sizes = ", ".join(str(size) for size in sorted({spec.dimension, *spec.matryoshka_dimensions}))
+            raise InvalidRequest(
+                f"dimensions: {model_id} gives {sizes}, not {dimensions}", extra={"field": "dimensions"}
+            )
         result = await self.embed(model_id, texts, kind)
+        vectors = result.embeddings.vectors
+        if dimensions is not None:
+            vectors = fit_dimension(vectors, dimensions, normalize=False)
         if normalize:
-            vectors = result.embeddings.vectors
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return result
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        embeddings = Embeddings(
+            vectors=vectors.astype(np.float32, copy=False), total_tokens=result.embeddings.total_tokens
+        )
+        return EmbedResult(embeddings, result.model, result.duration_ms)
 
     def close(self) -> None:
-        for loaded in self._loaded.values():
+        with self._guard:
+            loaded_models = list(self._loaded.values())
+            self._loaded.clear()
+        for loaded in loaded_models:
             loaded.executor.shutdown(wait=True)
             loaded.provider.close()
-        self._loaded.clear()

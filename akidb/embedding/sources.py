@@ -52,9 +52,19 @@ def _from_package(spec: ModelSpec) -> Path | None:
     return path if _is_model_dir(path) else None
 
 
+def _from_local_path(spec: ModelSpec) -> Path | None:
+    if not spec.local_path:
+        return None
+    path = Path(spec.local_path).expanduser()
+    return path if _is_model_dir(path) else None
+
+
 def find_model_files(spec: ModelSpec, model_dir: str = "") -> Path | None:
-    """The first folder holding the model's files, or None; never downloads."""
-    return _from_model_dir(spec, model_dir) or _from_hf_cache(spec) or _from_package(spec)
+    """The first folder holding the model's files, or None; never downloads.
+
+    Order: the folder registered for the model, the configured model_dir, the Hugging Face cache
+    (local_files_only), the packaged copy."""
+    return _from_local_path(spec) or _from_model_dir(spec, model_dir) or _from_hf_cache(spec) or _from_package(spec)
 
 
 def download_model(spec: ModelSpec, cache_dir: str | None = None) -> Path:

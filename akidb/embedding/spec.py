@@ -30,6 +30,10 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     # Importable package that ships the model files in its `model/` folder, if any.
     packaged_module: str | None = None
+    # A local folder the user registered for this model; searched first.
+    local_path: str | None = None
+    # Backends that can serve it (an MLX-quantized checkpoint needs mlx); empty means any.
+    providers: tuple[str, ...] = ()
 
     def prefix_for(self, kind: InputKind) -> str:
         return self.query_prefix if kind == "query" else self.document_prefix

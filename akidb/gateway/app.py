@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
@@ -17,9 +18,10 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from akidb import __version__
 from akidb.config import Settings
+from akidb.errors import AkidbError
 from akidb.gateway.controllers.collections import CollectionController
 from akidb.gateway.controllers.documents import DocumentController
-from akidb.gateway.controllers.embed import EmbedController
+from akidb.gateway.controllers.embed import EmbedController, OpenAIEmbeddingsController
 from akidb.gateway.controllers.models import ModelController
 from akidb.gateway.controllers.search import SearchController
 from akidb.gateway.controllers.system import HealthController
@@ -50,8 +52,12 @@ async def _load_model(runtime: Runtime) -> None:
         await anyio.to_thread.run_sync(runtime.load_default_model)
         runtime.readiness.reason = "ready"
     except Exception as exc:
-        runtime.readiness.reason = f"the default model failed to load: {exc}"
-        log.exception("loading the default model failed")
+        # A server whose default model cannot run here would never become ready: stop, saying why.
+        detail = exc.detail if isinstance(exc, AkidbError) else repr(exc)
+        runtime.readiness.reason = f"the default model failed to load: {detail}"
+        runtime.readiness.fatal = runtime.readiness.reason
+        log.error("stopping: %s", runtime.readiness.reason, exc_info=not isinstance(exc, AkidbError))
+        signal.raise_signal(signal.SIGTERM)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
@@ -85,6 +91,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             DocumentController,
             SearchController,
             EmbedController,
+            OpenAIEmbeddingsController,
             ModelController,
             HealthController,
             MetricsController,

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from akidb.collections.documents import DocumentService
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
-from akidb.config import Settings
-from akidb.embedding.registry import ModelRegistry, default_registry
+from akidb.config import Settings, build_registry
+from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.repositories import Store
@@ -22,6 +22,8 @@ class Readiness:
     database: bool = False
     model: bool = False
     reason: str = "starting"
+    # Set when start-up cannot complete (the default model cannot run here): the server stops.
+    fatal: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -41,7 +43,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
-        registry = registry or default_registry()
+        registry = registry or build_registry(settings.embedding)
         engine = create_db_engine(
             settings.storage.resolved_url,
             busy_timeout_ms=settings.storage.sqlite_busy_timeout_ms,
@@ -72,10 +74,18 @@ class Runtime:
         self.collections.open_all()
         self.readiness.database = True
 
+    def models_to_preload(self) -> list[str]:
+        embedding = self.settings.embedding
+        default = self.router.default_model
+        if default is None or not embedding.preload:
+            return []
+        return list(dict.fromkeys([default, *embedding.preload_models]))
+
     def load_default_model(self) -> None:
-        """Blocking: load and warm the default model, so the first request does not pay for it."""
-        model = self.router.default_model
-        if model is not None and self.settings.embedding.preload:
+        """Blocking: load and warm the default model and the configured preloads, so that no request
+        pays for a load."""
+        for model in self.models_to_preload():
+            self.readiness.reason = f"loading model {model}"
             self.router.load(model)
         self.readiness.model = True
 

@@ -163,6 +163,8 @@ class EmbedRequest(_In):
     model: str | None = None
     normalize: bool = True
     input_type: Literal["query", "document"] = "document"
+    # A smaller Matryoshka size the model was trained for; the vectors are cut (and re-normalised).
+    dimensions: int | None = None
 
 
 class EmbedResponse(_Out):
@@ -170,6 +172,36 @@ class EmbedResponse(_Out):
     model: str
     dimension: int
     usage: Usage
+
+
+class OpenAIEmbeddingRequest(_In):
+    """OpenAI's /v1/embeddings body. `user` is accepted and ignored; `input_type` is ours."""
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    input_type: Literal["query", "document"] = "document"
+
+
+class OpenAIEmbedding(_Out, kw_only=True):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    # A list of floats, or with encoding_format=base64 the little-endian float32 bytes in base64.
+    embedding: list[float] | str
+
+
+class OpenAIUsage(_Out):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(_Out, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
 
 
 # --- models ---
@@ -194,6 +226,16 @@ class ModelInfo(_Out):
     query_prefix: str
     document_prefix: str
     matryoshka_dimensions: list[int]
+    # Backends that can serve it (empty: any); and, while loaded, which one does and what it costs.
+    providers: list[str]
+    loaded_provider: str | None = None
+    loaded_quantization: str | None = None
+    memory_mb: float | None = None
+
+
+class ModelUnloaded(_Out):
+    id: str
+    unloaded: bool
 
 
 class ModelList(_Out):

@@ -63,8 +63,10 @@ def _child_env() -> dict[str, str]:
 class AkidbServer:
     """One `akidb serve` process at a time on a fixed data dir; start() again after stop() or kill9()."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: str | None = None) -> None:
+        """`config`: the text of an akidb.toml passed with --config (defaults only, if None)."""
         self.root = root
+        self.config = config
         self.data_dir = root / "data"
         self.log_path = root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,6 +97,11 @@ class AkidbServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.starts += 1
+        config_args: list[str] = []
+        if self.config is not None:
+            config_path = self.root / "akidb.toml"
+            config_path.write_text(self.config, encoding="utf-8")
+            config_args = ["--config", str(config_path)]
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start #{self.starts} on port {self.port} =====\n".encode())
             log.flush()
@@ -110,6 +117,7 @@ class AkidbServer:
                     str(self.port),
                     "--data-dir",
                     str(self.data_dir),
+                    *config_args,
                 ],
                 cwd=self.root,  # no akidb.toml from the working directory is picked up
                 env=_child_env(),

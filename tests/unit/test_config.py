@@ -75,7 +75,7 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, named: str) -> None:
         ({"AKIDB_SERVER_NOPE": "1"}, "nope"),
         ({"AKIDB_CACHE_SIZE": "1"}, "AKIDB_CACHE_SIZE"),
         ({"AKIDB_EMBEDDING_MODEL": "gpt-embed"}, "embedding.model"),
-        ({"AKIDB_EMBEDDING_MODE": "onnx"}, "embedding.provider"),
+        ({"AKIDB_EMBEDDING_MODE": "tensorflow"}, "embedding.provider"),
     ],
 )
 def test_bad_environment_names_the_key(environ: dict[str, str], named: str) -> None:
@@ -116,3 +116,59 @@ def test_cli_reports_unusable_data_dir_in_one_line(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err.strip()
     assert "storage.data_dir" in err
     assert err.count("\n") == 0
+
+
+def test_provider_order_and_fallback(tmp_path: Path) -> None:
+    settings = load_settings(environ={"AKIDB_EMBEDDING_PROVIDER": "mlx"})
+    assert settings.embedding.provider_order() == ["mlx", "onnx", "torch"]
+    config = tmp_path / "akidb.toml"
+    config.write_text('[embedding]\nprovider = "onnx"\nfallback_order = ["mlx", "onnx"]\n')
+    assert load_settings(config, environ={}).embedding.provider_order() == ["onnx", "mlx"]
+    off = load_settings(config, environ={"AKIDB_EMBEDDING_FALLBACK": "false"})
+    assert off.embedding.provider_order() == ["onnx"]
+
+
+def test_user_registered_model_joins_the_registry(tmp_path: Path) -> None:
+    from akidb.config import build_registry
+
+    config = tmp_path / "akidb.toml"
+    config.write_text(
+        "[embedding]\n"
+        'model = "my-encoder"\n'
+        "[[embedding.models]]\n"
+        'id = "my-encoder"\n'
+        f'path = "{tmp_path / "my-encoder"}"\n'
+        "dimension = 256\n"
+        'pooling = "cls"\n'
+        'query_prefix = "q: "\n'
+        "matryoshka_dimensions = [64, 128]\n"
+    )
+    settings = load_settings(config, environ={})
+    registry = build_registry(settings.embedding)
+    spec = registry.get("my-encoder")
+    assert (spec.dimension, spec.pooling, spec.query_prefix) == (256, "cls", "q: ")
+    assert spec.local_path == str(tmp_path / "my-encoder")
+    assert spec.supports_dimension(128) and not spec.supports_dimension(100)
+    assert "all-MiniLM-L6-v2" in registry  # the built-ins stay
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[embedding]\nmax_loaded_models = 0\n", "embedding.max_loaded_models"),
+        ("[embedding]\nmax_model_memory_mb = -1\n", "embedding.max_model_memory_mb"),
+        ('[embedding]\nfallback_order = ["mock"]\n', "embedding.fallback_order"),
+        ('[embedding]\nfallback_order = ["tensorflow"]\n', "embedding.fallback_order"),
+        ('[embedding]\npreload_models = ["nope"]\n', "embedding.preload_models[0]"),
+        ('[[embedding.models]]\nid = "x"\ndimension = 8\n', "embedding.models[0]"),
+        ('[[embedding.models]]\nid = "all-MiniLM-L6-v2"\ndimension = 8\npath = "/m"\n', "embedding.models[0]"),
+        ('[[embedding.models]]\nid = "x"\npath = "/m"\n', "dimension"),
+        ('[[embedding.models]]\nid = "x"\ndimension = 8\npath = "/m"\npooling = "max"\n', "pooling"),
+    ],
+)
+def test_bad_model_settings_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "akidb.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={})
+    assert named in str(info.value)

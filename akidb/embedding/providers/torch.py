@@ -132,6 +132,19 @@ class TorchProvider:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as held now (INT8-packed Linear weights included)."""
+        torch = self._torch
+        total = 0
+        for value in self._model.state_dict().values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, tuple):  # dynamic-quantized Linear: (packed weight, bias)
+                for part in value:
+                    if isinstance(part, torch.Tensor):
+                        total += part.numel() * part.element_size()
+        return total
+
     def warmup(self) -> None:
         self.embed(["warm-up"], "document")
 

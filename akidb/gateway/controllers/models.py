@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 import anyio.to_thread
-from litestar import Controller, get
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from akidb.embedding.spec import ModelSpec
 from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
-from akidb.gateway.schemas import ModelInfo, ModelList
+from akidb.gateway.schemas import ModelInfo, ModelList, ModelUnloaded
 
 
-def to_wire(spec: ModelSpec, runtime: NamedDependency[Runtime]) -> ModelInfo:
+def to_wire(spec: ModelSpec, runtime: Runtime) -> ModelInfo:
+    loaded = runtime.router.loaded_info(spec.id)
     return ModelInfo(
         id=spec.id,
         name=spec.name,
@@ -27,10 +28,14 @@ def to_wire(spec: ModelSpec, runtime: NamedDependency[Runtime]) -> ModelInfo:
         is_default=spec.id == runtime.router.default_model,
         description=spec.description,
         available=runtime.router.is_available(spec.id),
-        loaded=runtime.router.is_loaded(spec.id),
+        loaded=loaded is not None,
         query_prefix=spec.query_prefix,
         document_prefix=spec.document_prefix,
         matryoshka_dimensions=list(spec.matryoshka_dimensions),
+        providers=list(spec.providers),
+        loaded_provider=loaded.provider if loaded else None,
+        loaded_quantization=loaded.quantization if loaded else None,
+        memory_mb=round(loaded.memory_bytes / 2**20, 1) if loaded else None,
     )
 
 
@@ -48,3 +53,16 @@ class ModelController(Controller):
     async def get_one(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
         spec = runtime.registry.get(model_id)
         return await anyio.to_thread.run_sync(to_wire, spec, runtime)
+
+    @post("/{model_id:str}/load", status_code=200, responses=error_responses(404, 503))
+    async def load(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
+        """Load and warm a model now (a no-op if it is loaded); may unload the least recently used one."""
+        spec = runtime.registry.get(model_id)
+        await anyio.to_thread.run_sync(runtime.router.load, model_id)
+        return await anyio.to_thread.run_sync(to_wire, spec, runtime)
+
+    @post("/{model_id:str}/unload", status_code=200, responses=error_responses(404))
+    async def unload(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelUnloaded:
+        """Free a model's memory; the next request that needs it loads it again."""
+        unloaded = await anyio.to_thread.run_sync(runtime.router.unload, model_id)
+        return ModelUnloaded(id=model_id, unloaded=unloaded)
