@@ -34,6 +34,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.quality
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.memory
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

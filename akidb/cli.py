@@ -59,13 +59,21 @@ def _serve(settings: Settings) -> int:
     from akidb.gateway.runtime import Runtime
 
     runtime = Runtime.build(settings)
-    uvicorn.run(
-        create_app(settings, runtime),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=10,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, runtime),
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level=settings.server.log_level,
+            timeout_graceful_shutdown=10,
+        )
     )
+
+    def stop() -> None:
+        server.should_exit = True
+
+    runtime.readiness.stop_server = stop
+    server.run()
     if runtime.readiness.fatal:
         print(f"akidb: {runtime.readiness.fatal}", file=sys.stderr)
         return 1

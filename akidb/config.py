@@ -15,7 +15,8 @@ from akidb.errors import ConfigError
 if TYPE_CHECKING:
     from akidb.embedding.registry import ModelRegistry
 
-ProviderName = Literal["torch", "onnx", "mlx", "mock", "user_provided"]
+# auto: MLX on Apple silicon, torch where CUDA is, ONNX Runtime on other CPUs (see router.detect_backends).
+ProviderName = Literal["auto", "torch", "onnx", "mlx", "mock", "user_provided"]
 Quantization = Literal["fp32", "fp16", "int8", "int4"]
 
 
@@ -73,7 +74,7 @@ class CustomModel(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class EmbeddingSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    provider: ProviderName = "torch"
+    provider: ProviderName = "auto"
     model: str = "all-MiniLM-L6-v2"
     device: str = "auto"
     quantization: Quantization = "fp32"
@@ -240,7 +241,7 @@ def _check_semantics(settings: Settings) -> None:
     if embedding.max_model_memory_mb < 0:
         raise ConfigError("config: `embedding.max_model_memory_mb` must be 0 (no limit) or more")
     for name in embedding.fallback_order:
-        if name in {"mock", "user_provided"}:
+        if name in {"mock", "user_provided", "auto"}:
             raise ConfigError(f"config: `embedding.fallback_order` may name onnx, torch or mlx, not '{name}'")
     for position, custom in enumerate(embedding.models):
         where = f"`embedding.models[{position}]`"

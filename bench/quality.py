@@ -1,8 +1,10 @@
-"""STS-B dev Spearman of the gateway's providers, next to sentence-transformers' own in the same run.
+"""STS-B dev Spearman of every backend and quantization, next to sentence-transformers' in the same run.
 
-    python -m bench.quality [--limit N]      (make bench)
+    python -m bench.quality [--limit N] [--backends torch,onnx,mlx]      (part of make bench)
 
-Writes bench/results/quality.json.
+For each configuration: Spearman x100 of cosine vs the gold score over all 1,500 pairs, the difference
+to fp32 torch in points, cosine agreement with sentence-transformers (min / mean), and texts/s of the
+whole run (length-sorted batches of 32). Writes bench/results/quality.json.
 """
 
 from __future__ import annotations
@@ -13,18 +15,31 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from akidb.embedding.provider import ProviderOptions
-from akidb.embedding.providers.torch import TorchProvider
+from akidb.embedding.provider import ProviderOptions, ProviderUnsupported
 from akidb.embedding.registry import default_registry
+from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SHARED_DATA_DIR") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / ".cache" / "akidb-bench"
+
+CONFIGS = [
+    ("torch", "fp32"),
+    ("torch", "int8"),
+    ("onnx", "fp32"),
+    ("onnx", "int8"),
+    ("mlx", "fp32"),
+    ("mlx", "fp16"),
+    ("mlx", "int8"),
+    ("mlx", "int4"),
+]
 
 
 def load_stsb(limit: int | None) -> tuple[np.ndarray, list[str], list[str]]:
@@ -39,11 +54,18 @@ def spearman_of(first: np.ndarray, second: np.ndarray, gold: np.ndarray) -> floa
     return float(spearmanr(cosines, gold).statistic) * 100.0
 
 
+def agreement(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return (ours * reference).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    parser.add_argument("--backends", default="torch,onnx,mlx", help="comma-separated backends to measure")
     args = parser.parse_args()
+    backends = set(args.backends.split(","))
     gold, firsts, seconds = load_stsb(args.limit)
+    texts = firsts + seconds
     spec = default_registry().get("all-MiniLM-L6-v2")
     path = find_model_files(spec)
     if path is None:
@@ -51,45 +73,58 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    reference = SentenceTransformer(str(path), device="cpu")
+    reference_model = SentenceTransformer(str(path), device="cpu")
     started = time.perf_counter()
-    ref_first = reference.encode(firsts, batch_size=32, convert_to_numpy=True)
-    ref_second = reference.encode(seconds, batch_size=32, convert_to_numpy=True)
-    ref_seconds = time.perf_counter() - started
-    ref_score = spearman_of(ref_first, ref_second, gold)
+    reference = reference_model.encode(texts, batch_size=32, convert_to_numpy=True)
+    reference_rate = len(texts) / (time.perf_counter() - started)
+    n = len(gold)
+    reference_score = spearman_of(reference[:n], reference[n:], gold)
+    del reference_model
 
-    provider = TorchProvider(spec, path, ProviderOptions(device="cpu"))
-    started = time.perf_counter()
-    ours_first = provider.embed(firsts, "document").vectors
-    ours_second = provider.embed(seconds, "document").vectors
-    ours_seconds = time.perf_counter() - started
-    ours_score = spearman_of(ours_first, ours_second, gold)
-    agreement = np.concatenate(
-        [
-            (ours_first * ref_first).sum(1) / np.linalg.norm(ref_first, axis=1),
-            (ours_second * ref_second).sum(1) / np.linalg.norm(ref_second, axis=1),
-        ]
-    )
-
-    texts = 2 * len(gold)
-    print(f"STS-B dev, {len(gold)} pairs, all-MiniLM-L6-v2 fp32 on CPU")
-    print(f"{'':28} {'spearman':>9} {'texts/s':>9}")
-    print(f"{'sentence-transformers (raw)':28} {ref_score:9.2f} {texts / ref_seconds:9.1f}")
-    print(f"{'akidb torch provider':28} {ours_score:9.2f} {texts / ours_seconds:9.1f}")
-    print(f"ratio akidb/raw: spearman {ours_score / ref_score:.4f}, throughput {ref_seconds / ours_seconds:.2f}")
-    print(f"cosine to reference: min {agreement.min():.6f}, mean {agreement.mean():.6f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(
-        json.dumps(
+    rows: list[dict[str, Any]] = [
+        {"config": "sentence-transformers fp32", "spearman": reference_score, "texts_per_s": reference_rate}
+    ]
+    for backend, quantization in CONFIGS:
+        if backend not in backends:
+            continue
+        options = ProviderOptions(device="cpu", quantization=quantization, batch_size=32, cache_dir=CACHE)  # type: ignore[arg-type]
+        try:
+            provider = backend_factory(backend)(spec, path, options)
+        except ProviderUnsupported as exc:
+            rows.append({"config": f"{backend} {quantization}", "skipped": exc.detail})
+            continue
+        provider.embed(texts[:32], "document")  # warm-up
+        started = time.perf_counter()
+        ours = provider.embed(texts, "document").vectors
+        rate = len(texts) / (time.perf_counter() - started)
+        provider.close()
+        cos = agreement(ours, reference)
+        rows.append(
             {
-                "pairs": len(gold),
-                "reference": {"spearman": ref_score, "texts_per_s": texts / ref_seconds},
-                "torch": {"spearman": ours_score, "texts_per_s": texts / ours_seconds},
-                "cosine_to_reference": {"min": float(agreement.min()), "mean": float(agreement.mean())},
-            },
-            indent=2,
+                "config": f"{backend} {quantization}",
+                "spearman": spearman_of(ours[:n], ours[n:], gold),
+                "cosine_min": float(cos.min()),
+                "cosine_mean": float(cos.mean()),
+                "texts_per_s": rate,
+            }
         )
-    )
+
+    baseline = next((r["spearman"] for r in rows if r["config"] == "torch fp32"), reference_score)
+    print(f"STS-B dev, {n} pairs ({len(texts)} texts), all-MiniLM-L6-v2 on CPU, batch 32")
+    print(f"{'config':<28} {'spearman':>9} {'vs torch fp32':>13} {'cos min':>8} {'cos mean':>9} {'texts/s':>8}")
+    for row in rows:
+        if "skipped" in row:
+            print(f"{row['config']:<28} skipped: {row['skipped']}")
+            continue
+        delta = row["spearman"] - baseline
+        cos_min = f"{row['cosine_min']:.4f}" if "cosine_min" in row else "-"
+        cos_mean = f"{row['cosine_mean']:.4f}" if "cosine_mean" in row else "-"
+        print(
+            f"{row['config']:<28} {row['spearman']:9.2f} {delta:+13.2f} {cos_min:>8} {cos_mean:>9} "
+            f"{row['texts_per_s']:8.1f}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps({"pairs": n, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -81,11 +81,12 @@ _SPECS = {
 }
 
 
-def build_tiny_model(name: str, root: Path, seed: int = 0) -> TinyModel:
+def build_tiny_model(name: str, root: Path, seed: int = 0, *, dense_head: bool = False) -> TinyModel:
+    """`dense_head`: also write sentence-transformers Dense layers after pooling (EmbeddingGemma's shape)."""
     import torch
     from transformers import AutoModel
 
-    folder = root / f"tiny-{name}"
+    folder = root / (f"tiny-{name}-dense" if dense_head else f"tiny-{name}")
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
         model = AutoModel.from_config(_config(name))
@@ -96,6 +97,8 @@ def build_tiny_model(name: str, root: Path, seed: int = 0) -> TinyModel:
                     parameter.normal_(0.0, 0.2)
         model.eval().save_pretrained(folder)
         shutil.copy(minilm_path() / "tokenizer.json", folder / "tokenizer.json")
+        if dense_head:
+            _write_dense_head(folder)
     options = _SPECS[name]
     spec = ModelSpec(
         id=f"tiny-{name}",
@@ -112,3 +115,49 @@ def build_tiny_model(name: str, root: Path, seed: int = 0) -> TinyModel:
 
 
 TINY_ARCHITECTURES = ("bert", "qwen3", "gemma3")
+
+# EmbeddingGemma ends in Dense(768->3072) and Dense(3072->768) after mean pooling; the tiny one in
+# Dense(32->48, tanh, bias) and Dense(48->32), written as sentence-transformers writes them.
+DENSE_LAYERS = (
+    ("2_Dense", HIDDEN, 48, True, "torch.nn.modules.activation.Tanh"),
+    ("3_Dense", 48, HIDDEN, False, "torch.nn.modules.linear.Identity"),
+)
+
+
+def _write_dense_head(folder: Path) -> None:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    for index, (path, fan_in, fan_out, bias, activation) in enumerate(DENSE_LAYERS, start=2):
+        (folder / path).mkdir()
+        config = {"in_features": fan_in, "out_features": fan_out, "bias": bias, "activation_function": activation}
+        (folder / path / "config.json").write_text(json.dumps(config))
+        tensors = {"linear.weight": torch.randn(fan_out, fan_in) * 0.3}
+        if bias:
+            tensors["linear.bias"] = torch.randn(fan_out) * 0.1
+        save_file(tensors, str(folder / path / "model.safetensors"))
+        modules.append({"idx": index, "name": str(index), "path": path, "type": "sentence_transformers.models.Dense"})
+    modules.append({"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
+def dense_head_reference(tiny: TinyModel, pooled: object) -> object:
+    """The tiny model's Dense layers applied with torch, independently of akidb's numpy head."""
+    import torch
+    from safetensors.torch import load_file
+
+    vectors = pooled
+    if not (tiny.path / "modules.json").is_file():
+        return vectors
+    for path, _, _, _, activation in DENSE_LAYERS:
+        tensors = load_file(str(tiny.path / path / "model.safetensors"))
+        vectors = torch.nn.functional.linear(vectors, tensors["linear.weight"], tensors.get("linear.bias"))  # type: ignore[arg-type]
+        if activation.endswith("Tanh"):
+            vectors = torch.tanh(vectors)  # type: ignore[arg-type]
+    return vectors

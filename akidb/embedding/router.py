@@ -8,7 +8,11 @@ models past `max_loaded_models` or `max_model_memory_mb`. Inference runs on one 
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import logging
+import platform
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -88,6 +92,20 @@ def _weight_bytes(provider: EmbeddingProvider) -> int:
         return 0
 
 
+@functools.cache
+def detect_backends() -> tuple[str, ...]:
+    """The best backend order for this machine: MLX with Metal on Apple silicon; torch where a CUDA GPU
+    is; ONNX Runtime on other CPUs (faster than torch there), then torch."""
+    if sys.platform == "darwin" and platform.machine() == "arm64" and importlib.util.find_spec("mlx"):
+        return ("mlx", "onnx", "torch")
+    if importlib.util.find_spec("torch"):
+        import torch
+
+        if torch.cuda.is_available():
+            return ("torch", "onnx")
+    return ("onnx", "torch")
+
+
 def backend_factory(name: str) -> ProviderFactory:
     """The constructor of a model backend, imported only when asked for."""
     if name == "torch":
@@ -145,8 +163,13 @@ class EmbeddingRouter:
     # --- choosing a backend ---
 
     def backend_order(self, spec: ModelSpec) -> list[str]:
-        """The configured order, narrowed to the backends that can serve this model."""
-        order: list[str] = list(self.settings.provider_order())
+        """The configured order (auto expanded for this machine), narrowed to the backends that can serve
+        this model."""
+        order: list[str] = []
+        for name in self.settings.provider_order():
+            for backend in detect_backends() if name == "auto" else [name]:
+                if backend not in order:
+                    order.append(backend)
         if spec.providers:
             order = [name for name in order if name in spec.providers] + [
                 name for name in spec.providers if name not in order
@@ -179,7 +202,7 @@ class EmbeddingRouter:
             try:
                 return backend_factory(name)(spec, path, options)
             except ProviderUnsupported as exc:
-                reasons.append(f"{name}: {exc.detail}")
+                reasons.append(exc.detail if exc.detail.startswith(f"{name}:") else f"{name}: {exc.detail}")
                 log.warning("model %s cannot run on %s here: %s", spec.id, name, exc.detail)
         tried = "; ".join(reasons)
         hint = "" if self.settings.fallback else " (embedding.fallback is off)"

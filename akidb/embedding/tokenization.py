@@ -73,13 +73,19 @@ def embed_in_chunks(
     batch_size: int,
     dimension: int,
     run_batch: Callable[[PaddedBatch], FloatArray],
+    *,
+    head: Callable[[FloatArray], FloatArray] | None = None,
 ) -> Embeddings:
-    """Tokenize all texts at once, run length-sorted padded chunks through `run_batch`, restore order."""
+    """Tokenize all texts at once, run length-sorted padded chunks through `run_batch`, restore order.
+
+    With a `head` (heads.OutputHead), `run_batch` returns pooled states and the head turns them into
+    the model's embeddings (its Dense layers, then normalisation)."""
     encodings = tokenizer.encode_batch([prefix + text for text in texts])
     vectors = np.empty((len(texts), dimension), dtype=np.float32)
     total_tokens = 0
     for rows in length_sorted_chunks([len(e.ids) for e in encodings], batch_size):
         chunk = [encodings[row] for row in rows]
-        vectors[rows] = run_batch(pad_batch(chunk, pad_id))
+        pooled = run_batch(pad_batch(chunk, pad_id))
+        vectors[rows] = head(pooled) if head is not None else pooled
         total_tokens += sum(len(e.ids) for e in chunk)
     return Embeddings(vectors=vectors, total_tokens=total_tokens)

@@ -57,7 +57,10 @@ async def _load_model(runtime: Runtime) -> None:
         runtime.readiness.reason = f"the default model failed to load: {detail}"
         runtime.readiness.fatal = runtime.readiness.reason
         log.error("stopping: %s", runtime.readiness.reason, exc_info=not isinstance(exc, AkidbError))
-        signal.raise_signal(signal.SIGTERM)
+        if runtime.readiness.stop_server is not None:
+            runtime.readiness.stop_server()
+        else:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:

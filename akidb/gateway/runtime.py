@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from akidb.collections.documents import DocumentService
@@ -24,6 +25,8 @@ class Readiness:
     reason: str = "starting"
     # Set when start-up cannot complete (the default model cannot run here): the server stops.
     fatal: str | None = None
+    # How to stop the server then (the CLI sets uvicorn's should_exit); SIGTERM to this process if None.
+    stop_server: Callable[[], None] | None = None
 
     @property
     def ready(self) -> bool:

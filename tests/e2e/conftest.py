@@ -1,6 +1,7 @@
 """End-to-end fixtures: a real `akidb serve` subprocess on 127.0.0.1, a free port and a temporary data dir.
 
-The server runs the real default model (all-MiniLM-L6-v2 through torch, from the packaged copy), with
+The server runs the real default model (all-MiniLM-L6-v2 from the packaged copy, on the backend `auto`
+picks: ONNX Runtime on this kind of machine), with
 HF_HUB_OFFLINE=1 so that nothing is downloaded. Its stdout and stderr go to a log file next to the data
 dir, and the tail of that log is part of every start-up failure.
 """
@@ -55,6 +56,8 @@ def _child_env() -> dict[str, str]:
     # the test run: the server gets its defaults and the CLI flags only.
     env = {key: value for key, value in os.environ.items() if not key.startswith("AKIDB_")}
     env["HF_HUB_OFFLINE"] = "1"
+    # Exported ONNX graphs are shared with the other tests (and kept between local runs), not ~/.cache.
+    env["AKIDB_EMBEDDING_CACHE_DIR"] = str(REPO_ROOT / ".cache" / "akidb-tests")
     env["TRANSFORMERS_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -138,7 +138,8 @@ def test_without_fallback_the_reason_is_the_error(tiny: dict[str, TinyModel]) ->
     with pytest.raises(ProviderUnsupported) as info:
         manager.load("tiny-bert")
     assert "fallback is off" in info.value.detail
-    assert "torch: " in info.value.detail and "int4" in info.value.detail
+    assert "torch: " in info.value.detail
+    assert "int4" in info.value.detail
     assert not manager.is_loaded("tiny-bert")
 
 
@@ -163,8 +164,37 @@ def test_models_of_different_backends_serve_side_by_side(tiny: dict[str, TinyMod
 
     try:
         minilm, bert = asyncio.run(both())
-        assert minilm.shape == (20, 384) and bert.shape == (20, 32)
+        assert minilm.shape == (20, 384)
+        assert bert.shape == (20, 32)
         assert {m.model for m in manager.loaded_models()} == {"all-MiniLM-L6-v2", "tiny-bert"}
         assert {m.provider for m in manager.loaded_models()} == {"onnx"}
     finally:
         manager.close()
+
+
+def test_auto_picks_the_backend_for_this_machine(tiny: dict[str, TinyModel]) -> None:
+    import sys
+
+    import torch
+
+    from akidb.embedding.router import detect_backends
+
+    if sys.platform.startswith("linux") and not torch.cuda.is_available():
+        assert detect_backends() == ("onnx", "torch")  # a CPU-only Linux machine, like CI's
+    manager = router(tiny, provider="auto")
+    try:
+        assert manager.backend_order(tiny["bert"].spec)[: len(detect_backends())] == list(detect_backends())
+        manager.load("tiny-bert")
+        info = manager.loaded_info("tiny-bert")
+        assert info is not None
+        assert info.provider == detect_backends()[0]
+    finally:
+        manager.close()
+
+
+def test_a_model_for_one_backend_goes_to_it() -> None:
+    settings = msgspec.convert({"provider": "onnx", "fallback_order": ["torch"]}, EmbeddingSettings)
+    manager = EmbeddingRouter(settings, default_registry())
+    assert manager.backend_order(default_registry().get("qwen3-0.6b-4bit")) == ["mlx"]
+    assert manager.quantization_for(default_registry().get("qwen3-0.6b-4bit")) == "int4"
+    assert manager.backend_order(default_registry().get("all-MiniLM-L6-v2")) == ["onnx", "torch"]

@@ -13,7 +13,7 @@ def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.Monkey
     settings = load_settings(environ={})
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8080
-    assert settings.embedding.provider == "torch"
+    assert settings.embedding.provider == "auto"
     assert settings.embedding.model == "all-MiniLM-L6-v2"
     assert settings.storage.resolved_url.endswith("data/akidb.sqlite3")
 
@@ -148,7 +148,8 @@ def test_user_registered_model_joins_the_registry(tmp_path: Path) -> None:
     spec = registry.get("my-encoder")
     assert (spec.dimension, spec.pooling, spec.query_prefix) == (256, "cls", "q: ")
     assert spec.local_path == str(tmp_path / "my-encoder")
-    assert spec.supports_dimension(128) and not spec.supports_dimension(100)
+    assert spec.supports_dimension(128)
+    assert not spec.supports_dimension(100)
     assert "all-MiniLM-L6-v2" in registry  # the built-ins stay
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from akidb.embedding.heads import load_output_head
 from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import InputKind, ModelSpec
@@ -48,6 +51,35 @@ def pick_torch_device(torch: Any, device: str) -> str:
     return device
 
 
+def quantize_linear_layers(torch: Any, model: Any) -> Any:
+    """Dynamic INT8: Linear weights with one scale per output channel, activations quantized per batch.
+
+    Measured on MiniLM against fp32 (mean cosine, 200 STS-B texts): every Linear, one scale per tensor
+    0.952; per channel 0.979; per channel but the feed-forward output projections (fed by GELU, with
+    the widest activation ranges) and the first and last layers left in fp32 0.992. The last is used.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    layer_numbers = sorted({int(m.group(1)) for name in linear if (m := re.search(r"layers?\.(\d+)\.", name))})
+    edge = {layer_numbers[0], layer_numbers[-1]} if layer_numbers else set()
+
+    def sensitive(name: str) -> bool:
+        match = re.search(r"layers?\.(\d+)\.", name)
+        if match and int(match.group(1)) in edge:
+            return True
+        # BERT's feed-forward output (output.dense, not attention.output.dense); decoders' down_proj.
+        return (name.endswith("output.dense") and "attention" not in name) or name.endswith("down_proj")
+
+    chosen = {name: per_channel_dynamic_qconfig for name in linear if not sensitive(name)}
+    log.info("torch int8: %d of %d Linear layers quantized", len(chosen), len(linear))
+    with warnings.catch_warnings():
+        # torch 2.10+ points eager-mode quantization users at torchao; the API still works and is used here.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(model, chosen, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+
+
 class TorchProvider:
     def __init__(self, spec: ModelSpec, model_path: Path, options: ProviderOptions) -> None:
         torch, auto_model = _import_torch()
@@ -67,12 +99,10 @@ class TorchProvider:
             raise ProviderUnsupported("torch: dynamic int8 runs on the CPU only; on a GPU use fp16")
         self.max_length = max_seq_length_of(model_path, spec)
         self._tokenizer, self._pad_id = load_tokenizer(model_path, self.max_length)
+        self._head = load_output_head(model_path, spec)
         model = auto_model.from_pretrained(str(model_path)).eval()
         if options.quantization == "int8":
-            # Weights of every Linear layer to INT8, activations quantized on the fly per batch.
-            from torch.ao.quantization import quantize_dynamic
-
-            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+            model = quantize_linear_layers(torch, model)
         elif options.quantization == "fp16":
             model = model.half()
         self._model = model.to(self.device)
@@ -105,6 +135,7 @@ class TorchProvider:
             self.batch_size,
             self._spec.dimension,
             self._run_batch,
+            head=self._head,
         )
 
     def _run_batch(self, batch: PaddedBatch) -> FloatArray:
@@ -116,8 +147,6 @@ class TorchProvider:
         with self._lock, torch.inference_mode():
             hidden = self._model(**inputs).last_hidden_state
             pooled = self._pool(hidden, attention_mask).float()
-            if self._spec.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             result: FloatArray = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
 
