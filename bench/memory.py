@@ -130,7 +130,11 @@ def main() -> None:
     args = parser.parse_args()
     backends = set(args.backends.split(",")) | {"user_provided"}
     texts = fortunes(200)
-    rows = [measure(provider, quant, texts) for provider, quant in CONFIGS if provider in backends]
+    rows = []
+    for provider, quant in CONFIGS:
+        if provider in backends:
+            rows.append(measure(provider, quant, texts))
+            print(f"measured {rows[-1]}", flush=True)
     base = next((r["rss_mb"] for r in rows if r["config"].startswith("user_provided") and "rss_mb" in r), 0.0)
     print("akidb serve, all-MiniLM-L6-v2, RSS after embedding 200 fortunes (MiB)")
     print(f"{'config':<24} {'RSS':>8} {'peak':>8} {'RSS - gateway alone':>20} {'manager measured':>17}")

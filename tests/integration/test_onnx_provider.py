@@ -19,7 +19,13 @@ import pytest
 
 import akidb.embedding.providers.onnx as onnx_provider
 from akidb.embedding.provider import EmbeddingProvider, ProviderOptions, ProviderUnsupported
-from akidb.embedding.providers.onnx import OPSET, OnnxProvider, model_files_digest, pick_execution_provider
+from akidb.embedding.providers.onnx import (
+    EXPORT_RECIPE,
+    OPSET,
+    OnnxProvider,
+    model_files_digest,
+    pick_execution_provider,
+)
 from akidb.embedding.providers.torch import TorchProvider
 from akidb.embedding.registry import default_registry
 from tests.tiny_models import TINY_ARCHITECTURES, build_tiny_model, minilm_path
@@ -128,8 +134,8 @@ def test_cache_key_names_model_hash_opset_and_quantization(
     fp32: OnnxProvider, int8: OnnxProvider, minilm: Path
 ) -> None:
     digest = model_files_digest(minilm)
-    assert fp32.graph_path.parent.name == f"all-MiniLM-L6-v2-{digest[:16]}-opset{OPSET}-fp32"
-    assert int8.graph_path.parent.name == f"all-MiniLM-L6-v2-{digest[:16]}-opset{OPSET}-int8"
+    assert fp32.graph_path.parent.name == f"all-MiniLM-L6-v2-{digest[:16]}-opset{OPSET}-e{EXPORT_RECIPE}-fp32"
+    assert int8.graph_path.parent.name == f"all-MiniLM-L6-v2-{digest[:16]}-opset{OPSET}-e{EXPORT_RECIPE}-int8"
     # Atomic writes: the temporary build folders are gone.
     assert sorted(path.name for path in fp32.graph_path.parent.parent.iterdir() if path.name.startswith(".")) == []
 

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # The default (and newest fully supported) opset of torch 2.13's dynamo exporter; asking for another one
 # makes the exporter run ONNX's version converter afterwards. Part of the cache key.
 OPSET = 20
+# Bumped whenever the export itself changes (2: eager attention), so no stale graph is reused.
+EXPORT_RECIPE = 2
 GRAPH_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -81,7 +83,7 @@ def model_files_digest(model_path: Path) -> str:
 
 def cache_key(spec: ModelSpec, files_digest: str, quantization: str) -> str:
     safe_id = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.id).strip("._") or "model"
-    return f"{safe_id}-{files_digest[:16]}-opset{OPSET}-{quantization}"
+    return f"{safe_id}-{files_digest[:16]}-opset{OPSET}-e{EXPORT_RECIPE}-{quantization}"
 
 
 def pick_execution_provider(available: Sequence[str], device: str, quantization: str) -> tuple[str, dict[str, Any]]:
@@ -212,7 +214,9 @@ def _export_graph(model_path: Path, destination: Path) -> dict[str, Any]:
     """
     torch, auto_model = _import_exporter(destination.parent)
     # fp32 whatever the checkpoint's dtype ("auto" would keep bf16 weights, which ORT's CPU kernels lack).
-    model = auto_model.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    # Eager attention: the SDPA export adds a NaN guard (IsNaN + Where over every attention matrix) that
+    # took 13% of MiniLM's kernel time; the eager graph gives the same vectors ~15% faster.
+    model = auto_model.from_pretrained(str(model_path), dtype=torch.float32, attn_implementation="eager").eval()
     parameters = inspect.signature(model.forward).parameters
     names = [name for name in MODEL_INPUTS if name in parameters]
     if names[:2] != ["input_ids", "attention_mask"]:
