@@ -246,18 +246,23 @@ def _export_graph(model_path: Path, destination: Path) -> dict[str, Any]:
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external_data = weight_bytes > EXTERNAL_DATA_BYTES
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            LastHiddenState(),
-            tuple(example[name] for name in names),
-            input_names=names,
-            output_names=[OUTPUT],
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
-            opset_version=OPSET,
-            dynamo=True,
-            verbose=False,
-        )
-        program.save(str(destination / GRAPH_FILE), external_data=external_data)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                LastHiddenState(),
+                tuple(example[name] for name in names),
+                input_names=names,
+                output_names=[OUTPUT],
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+            program.save(str(destination / GRAPH_FILE), external_data=external_data)
+    except Exception as exc:  # an architecture the exporter cannot trace: let the router try the next backend
+        raise ProviderUnsupported(
+            f"onnx: torch.onnx could not export {model_path} ({type(exc).__name__}: {exc})"
+        ) from exc
     _verify_export(destination / GRAPH_FILE, model, names, extra_kwargs, torch)
     versions = _versions("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
     return {"inputs": names, "external_data": external_data, "exporter": "torch.onnx.export(dynamo=True)", **versions}
