@@ -5,10 +5,45 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
+import msgspec
+
 from akidb.embedding.spec import ModelSpec
 from akidb.errors import ModelNotFound
 
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
+
+QWEN3_EMBEDDING = ModelSpec(
+    id="Qwen3-Embedding-0.6B",
+    name="Qwen3 Embedding 0.6B",
+    hf_path="Qwen/Qwen3-Embedding-0.6B",
+    dimension=1024,
+    max_seq_length=32768,
+    pooling="last_token",
+    query_prefix="Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    matryoshka_dimensions=(32, 64, 128, 256, 512, 768),
+    parameters_m=596.0,
+    size_mb=1190.0,
+    languages=("multilingual",),
+    use_cases=("retrieval", "multilingual search", "code search"),
+    description="Qwen3 decoder embedding model; last-token pooling, Matryoshka dimensions down to 32.",
+)
+
+EMBEDDING_GEMMA = ModelSpec(
+    id="EmbeddingGemma-300M",
+    name="EmbeddingGemma 300M",
+    hf_path="google/embeddinggemma-300m",
+    dimension=768,
+    max_seq_length=2048,
+    pooling="mean",
+    query_prefix="task: search result | query: ",
+    document_prefix="title: none | text: ",
+    matryoshka_dimensions=(128, 256, 512),
+    parameters_m=308.0,
+    size_mb=1210.0,
+    languages=("multilingual",),
+    use_cases=("retrieval", "on-device search"),
+    description="Gemma3-based embedding model with Matryoshka dimensions.",
+)
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -77,68 +112,26 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         use_cases=("retrieval", "instruction-following embeddings"),
         description="Instruction-tuned T5 encoder.",
     ),
-    ModelSpec(
-        id="Qwen3-Embedding-0.6B",
-        name="Qwen3 Embedding 0.6B",
-        hf_path="Qwen/Qwen3-Embedding-0.6B",
-        dimension=1024,
-        max_seq_length=32768,
-        pooling="last_token",
-        query_prefix="Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
-        matryoshka_dimensions=(32, 64, 128, 256, 512, 768),
-        parameters_m=596.0,
-        size_mb=1190.0,
-        languages=("multilingual",),
-        use_cases=("retrieval", "multilingual search", "code search"),
-        description="Qwen3 decoder embedding model; last-token pooling, Matryoshka dimensions down to 32.",
-    ),
-    ModelSpec(
-        id="EmbeddingGemma-300M",
-        name="EmbeddingGemma 300M",
-        hf_path="google/embeddinggemma-300m",
-        dimension=768,
-        max_seq_length=2048,
-        pooling="mean",
-        query_prefix="task: search result | query: ",
-        document_prefix="title: none | text: ",
-        matryoshka_dimensions=(128, 256, 512),
-        parameters_m=308.0,
-        size_mb=1210.0,
-        languages=("multilingual",),
-        use_cases=("retrieval", "on-device search"),
-        description="Gemma3-based embedding model with Matryoshka dimensions.",
-    ),
-    ModelSpec(
+    QWEN3_EMBEDDING,
+    EMBEDDING_GEMMA,
+    # mlx-community's 4-bit conversions: the same models, weights already quantized for MLX.
+    msgspec.structs.replace(
+        QWEN3_EMBEDDING,
         id="qwen3-0.6b-4bit",
         name="Qwen3 Embedding 0.6B, MLX 4-bit",
         hf_path="mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ",
-        dimension=1024,
-        max_seq_length=32768,
-        pooling="last_token",
-        query_prefix="Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
-        matryoshka_dimensions=(32, 64, 128, 256, 512, 768),
-        parameters_m=596.0,
         size_mb=335.0,
-        languages=("multilingual",),
         use_cases=("retrieval", "multilingual search", "on-device search"),
         default_quantization="int4",
         description="Qwen3-Embedding-0.6B with 4-bit MLX weights; served by the mlx provider.",
         providers=("mlx",),
     ),
-    ModelSpec(
+    msgspec.structs.replace(
+        EMBEDDING_GEMMA,
         id="gemma-300m-4bit",
         name="EmbeddingGemma 300M, MLX 4-bit",
         hf_path="mlx-community/embeddinggemma-300m-4bit",
-        dimension=768,
-        max_seq_length=2048,
-        pooling="mean",
-        query_prefix="task: search result | query: ",
-        document_prefix="title: none | text: ",
-        matryoshka_dimensions=(128, 256, 512),
-        parameters_m=308.0,
         size_mb=170.0,
-        languages=("multilingual",),
-        use_cases=("retrieval", "on-device search"),
         default_quantization="int4",
         description="EmbeddingGemma-300M with 4-bit MLX weights; served by the mlx provider.",
         providers=("mlx",),
