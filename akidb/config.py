@@ -81,8 +81,24 @@ class EmbeddingSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     # When the provider cannot run here (no MLX, no CUDA, missing library), try these next, in order.
     fallback: bool = True
     fallback_order: list[ProviderName] = msgspec.field(default_factory=lambda: ["onnx", "torch"])
+    # The micro-batcher (one per loaded model) merges the texts of concurrent requests into batches of at
+    # most batch_size texts and max_batch_tokens padded tokens. An idle worker waits batch_timeout_ms for
+    # company before it runs a lone text.
     batch_size: int = 32
-    batch_timeout_ms: float = 5.0
+    max_batch_tokens: int = 16384
+    batch_timeout_ms: float = 2.0
+    # A batch that holds bulk texts is cut to about this much inference time, so an interactive request
+    # (a search query, a small embed) waits at most about this long for the worker.
+    bulk_slice_ms: float = 25.0
+    # Requests of up to this many texts go in the interactive lane, served before the bulk lane.
+    interactive_max_texts: int = 8
+    # Admission: texts waiting per model and lane; past it a request gets 429 with Retry-After.
+    max_queued_texts: int = 4096
+    # A deadline for requests that send no X-Request-Timeout-Ms header; 0 means none.
+    request_timeout_ms: float = 0.0
+    # The embedding cache (an LRU of vectors by model, revision, prefix and text); 0 entries turns it off.
+    cache_entries: int = 100_000
+    cache_mb: float = 256.0
     # Where generated artefacts (exported ONNX graphs) go; empty means $XDG_CACHE_HOME/akidb or ~/.cache/akidb.
     cache_dir: str = ""
     # A folder holding model folders, searched before the Hugging Face cache and the packaged copy.
@@ -240,6 +256,12 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError("config: `embedding.max_loaded_models` must be at least 1")
     if embedding.max_model_memory_mb < 0:
         raise ConfigError("config: `embedding.max_model_memory_mb` must be 0 (no limit) or more")
+    for key in ("max_batch_tokens", "max_queued_texts", "interactive_max_texts"):
+        if getattr(embedding, key) < 1:
+            raise ConfigError(f"config: `embedding.{key}` must be at least 1")
+    for key in ("batch_timeout_ms", "bulk_slice_ms", "request_timeout_ms", "cache_entries", "cache_mb"):
+        if getattr(embedding, key) < 0:
+            raise ConfigError(f"config: `embedding.{key}` must be 0 or more")
     for name in embedding.fallback_order:
         if name in {"mock", "user_provided", "auto"}:
             raise ConfigError(f"config: `embedding.fallback_order` may name onnx, torch or mlx, not '{name}'")

@@ -58,6 +58,13 @@ class Overloaded(AkidbError):
         self.retry_after_s = retry_after_s
 
 
+class DeadlineExceeded(AkidbError):
+    """The request's deadline (X-Request-Timeout-Ms or embedding.request_timeout_ms) passed first."""
+
+    status_code = 503
+    code = "deadline_exceeded"
+
+
 class ModelUnavailable(AkidbError):
     """The model exists in the registry but cannot be loaded or run here."""
 

@@ -76,7 +76,7 @@ class SearchService:
                     f"collection '{handle.name}' has no embedding model: search it with a vector",
                     extra={"field": "query"},
                 )
-            embedded = await self.router.embed(handle.embedding_model, [query], "query")
+            embedded = await self.router.embed(handle.embedding_model, [query], "query", lane="interactive")
             spec = self.router.spec(handle.embedding_model)
             query_vector: npt.NDArray[np.float32] = fit_dimension(
                 embedded.embeddings.vectors, handle.dimension, spec.normalize

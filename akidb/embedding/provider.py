@@ -60,6 +60,11 @@ class EmbeddingProvider(Protocol):
         """Embed texts as queries or documents; the spec's prefix for that kind is applied here."""
         ...
 
+    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
+        """Each text's token count as `embed` would see it (prefix and truncation included), without
+        running the model: the micro-batcher sizes its batches by these."""
+        ...
+
     def warmup(self) -> None:
         """Run one real inference so the first request pays no start-up cost."""
         ...

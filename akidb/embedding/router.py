@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib.util
 import logging
 import platform
@@ -16,13 +17,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from akidb import observability
 from akidb.config import EmbeddingSettings
+from akidb.embedding.batching import Lane, MicroBatcher, request_deadline
+from akidb.embedding.cache import EmbeddingCache, text_key
 from akidb.embedding.memory import release_freed_memory, resident_bytes
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.provider import (
@@ -57,6 +60,8 @@ class LoadedModel:
     model: str
     provider: str
     quantization: str
+    # Changes whenever the model's files do; part of the embedding cache's key.
+    revision: str
     # The larger of the growth in resident memory over the load and the bytes of the weights held:
     # weights read through mmap only become resident once every page has been touched.
     memory_bytes: int
@@ -66,18 +71,28 @@ class LoadedModel:
 
 
 class _Loaded:
-    def __init__(self, provider: EmbeddingProvider, info: LoadedModel) -> None:
+    def __init__(self, provider: EmbeddingProvider, info: LoadedModel, settings: EmbeddingSettings) -> None:
         self.provider = provider
         self.info = info
-        # One worker per model: a provider runs one batch at a time and uses every core for it.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{provider.spec.id}")
+        # One worker thread per model: a provider runs one batch at a time and uses every core for it.
+        self.batcher = MicroBatcher(provider, settings, on_exit=provider.close)
+        self.cache_namespace = f"{info.model}|{info.revision}|{info.provider}|{info.quantization}"
         self.in_use = 0
         self.last_used = time.monotonic()
 
     def close_after_pending_work(self) -> None:
-        """Queued inferences finish first; then the provider lets go of its weights."""
-        self.executor.submit(self.provider.close)
-        self.executor.shutdown(wait=False)
+        """Queued texts are embedded first; then the provider lets go of its weights."""
+        self.batcher.close(wait=False)
+
+
+def model_revision(path: Path) -> str:
+    """A digest of the model folder's file names, sizes and modification times: cheap, and it changes
+    when the weights or the tokenizer do."""
+    digest = hashlib.blake2b(str(path.resolve()).encode("utf-8"), digest_size=8)
+    for file in sorted(item for item in path.rglob("*") if item.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
 
 
 def _weight_bytes(provider: EmbeddingProvider) -> int:
@@ -127,6 +142,7 @@ class EmbeddingRouter:
     def __init__(self, settings: EmbeddingSettings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
+        self.cache = EmbeddingCache(settings.cache_entries, int(settings.cache_mb * 2**20))
         self._loaded: dict[str, _Loaded] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         # Guards _loaded, in_use and last_used; never held while loading or inferring.
@@ -182,12 +198,13 @@ class EmbeddingRouter:
             return spec.default_quantization  # type: ignore[return-value]
         return self.settings.quantization
 
-    def _build(self, spec: ModelSpec) -> EmbeddingProvider:
+    def _build(self, spec: ModelSpec) -> tuple[EmbeddingProvider, str]:
+        """The provider and the revision of the files it loaded."""
         provider = self.settings.provider
         if provider == "mock":
             from akidb.embedding.providers.mock import MockProvider
 
-            return MockProvider(spec)
+            return MockProvider(spec), "mock"
         if provider == "user_provided":
             raise ModelUnavailable("this server runs with embedding.provider=user_provided: send vectors, not text")
         path = find_model_files(spec, self.settings.model_dir)
@@ -200,7 +217,7 @@ class EmbeddingRouter:
         reasons: list[str] = []
         for name in self.backend_order(spec):
             try:
-                return backend_factory(name)(spec, path, options)
+                return backend_factory(name)(spec, path, options), model_revision(path)
             except ProviderUnsupported as exc:
                 reasons.append(exc.detail if exc.detail.startswith(f"{name}:") else f"{name}: {exc.detail}")
                 log.warning("model %s cannot run on %s here: %s", spec.id, name, exc.detail)
@@ -235,15 +252,15 @@ class EmbeddingRouter:
                 release_freed_memory()
                 before = resident_bytes()
                 started = time.perf_counter()
-                provider = self._build(spec)
+                provider, revision = self._build(spec)
                 provider.warmup()
                 seconds = time.perf_counter() - started
                 growth = max(resident_bytes() - before, 0)
             weights = _weight_bytes(provider)
             memory = max(growth, weights)
             quantization = str(getattr(provider, "quantization", self.quantization_for(spec)))
-            info = LoadedModel(model_id, provider.name, quantization, memory, growth, weights, seconds)
-            loaded = _Loaded(provider, info)
+            info = LoadedModel(model_id, provider.name, quantization, revision, memory, growth, weights, seconds)
+            loaded = _Loaded(provider, info, self.settings)
             with self._guard:
                 self._loaded[model_id] = loaded
             log.info(
@@ -306,7 +323,17 @@ class EmbeddingRouter:
 
     # --- inference ---
 
-    async def embed(self, model_id: str, texts: Sequence[str], kind: InputKind) -> EmbedResult:
+    def lane_for(self, count: int) -> Lane:
+        return "interactive" if count <= self.settings.interactive_max_texts else "bulk"
+
+    async def embed(
+        self, model_id: str, texts: Sequence[str], kind: InputKind, *, lane: Lane | None = None
+    ) -> EmbedResult:
+        """Embed through the cache and the model's micro-batcher. `lane` defaults to interactive for up
+        to `interactive_max_texts` texts to embed, else bulk; the deadline comes from `request_deadline`."""
+        if not texts:
+            empty = np.empty((0, self.registry.get(model_id).dimension), dtype=np.float32)
+            return EmbedResult(Embeddings(vectors=empty, total_tokens=0), model_id, 0.0)
         loop = asyncio.get_running_loop()
         loaded = self._acquire(model_id)
         while loaded is None:
@@ -314,7 +341,38 @@ class EmbeddingRouter:
             loaded = self._acquire(model_id)  # None only if it was evicted again in between
         try:
             started = time.perf_counter()
-            embeddings = await loop.run_in_executor(loaded.executor, loaded.provider.embed, list(texts), kind)
+            prefix = loaded.provider.spec.prefix_for(kind)
+            keys = [text_key(loaded.cache_namespace, prefix, text) for text in texts]
+            cached = self.cache.get_many(keys)
+            # Texts the cache does not hold, each once (a request may repeat a text).
+            missing: dict[bytes, int] = {}
+            for row, (key, entry) in enumerate(zip(keys, cached, strict=True)):
+                if entry is None and key not in missing:
+                    missing[key] = row
+            hits = len(texts) - sum(1 for entry in cached if entry is None)
+            if hits:
+                observability.CACHE_HITS.labels(model_id).inc(hits)
+            if len(texts) - hits:
+                observability.CACHE_MISSES.labels(model_id).inc(len(texts) - hits)
+            fresh: dict[bytes, tuple[np.ndarray, int]] = {}
+            if missing:
+                to_embed = [texts[row] for row in missing.values()]
+                batched = await loaded.batcher.embed(
+                    to_embed, kind, lane or self.lane_for(len(to_embed)), request_deadline.get()
+                )
+                fresh = {
+                    key: (vector, tokens)
+                    for key, vector, tokens in zip(missing, batched.vectors, batched.tokens, strict=True)
+                }
+                self.cache.put_many([(key, vector, tokens) for key, (vector, tokens) in fresh.items()])
+            sample = next(iter(fresh.values()))[0] if fresh else next(e for e in cached if e is not None).vector
+            vectors = np.empty((len(texts), sample.shape[0]), dtype=np.float32)
+            total_tokens = 0
+            for row, (key, entry) in enumerate(zip(keys, cached, strict=True)):
+                vector, tokens = (entry.vector, entry.tokens) if entry is not None else fresh[key]
+                vectors[row] = vector
+                total_tokens += tokens
+            embeddings = Embeddings(vectors=vectors, total_tokens=total_tokens)
             return EmbedResult(embeddings, model_id, (time.perf_counter() - started) * 1000.0)
         finally:
             self._release(loaded)
@@ -362,5 +420,4 @@ class EmbeddingRouter:
             loaded_models = list(self._loaded.values())
             self._loaded.clear()
         for loaded in loaded_models:
-            loaded.executor.shutdown(wait=True)
-            loaded.provider.close()
+            loaded.batcher.close(wait=True)  # drains the queue, then closes the provider

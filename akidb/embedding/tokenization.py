@@ -65,6 +65,10 @@ def pad_batch(encodings: Sequence[Any], pad_id: int) -> PaddedBatch:
     return PaddedBatch(ids, mask, types)
 
 
+def token_counts(tokenizer: Tokenizer, texts: Sequence[str], prefix: str) -> list[int]:
+    return [len(encoding.ids) for encoding in tokenizer.encode_batch([prefix + text for text in texts])]
+
+
 def embed_in_chunks(
     tokenizer: Tokenizer,
     pad_id: int,

@@ -26,6 +26,7 @@ from akidb.gateway.controllers.models import ModelController
 from akidb.gateway.controllers.search import SearchController
 from akidb.gateway.controllers.system import HealthController
 from akidb.gateway.errors import EXCEPTION_HANDLERS
+from akidb.gateway.middleware import request_scope_middleware
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import request_structs
 
@@ -102,7 +103,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        middleware=[prometheus.middleware],
+        middleware=[prometheus.middleware, request_scope_middleware(settings.embedding.request_timeout_ms)],
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="AkiDB gateway",

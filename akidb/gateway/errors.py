@@ -81,7 +81,8 @@ _ERROR_DESCRIPTIONS = {
     409: "A collection of that name already exists",
     413: "Too many documents, or a body larger than server.max_body_bytes",
     422: "Well-formed input that breaks a rule; detail names the document and field",
-    503: "The model cannot be loaded or run here",
+    429: "The model's queue is full; Retry-After says when to try again",
+    503: "The model cannot be loaded or run here, or the request's deadline (X-Request-Timeout-Ms) passed",
 }
 
 

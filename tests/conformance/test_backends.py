@@ -175,6 +175,8 @@ def test_total_tokens_counts_the_window(case_provider: tuple[Case, EmbeddingProv
     result = case_provider[1].embed(["hello world", "word " * 1000], "document")
     # [CLS] hello world [SEP] = 4 tokens; the long text is cut at the model's 256-token window.
     assert result.total_tokens == 4 + 256
+    # The micro-batcher sizes batches by count_tokens: it must count exactly as embed does.
+    assert case_provider[1].count_tokens(["hello world", "word " * 1000], "document") == [4, 256]
 
 
 # --- tiny random models of each architecture, every backend that runs them ---

@@ -24,7 +24,7 @@ from akidb.embedding.heads import OutputHead, load_output_head
 from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer
+from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer, token_counts
 from akidb.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class MlxProvider:
     def weight_bytes(self) -> int:
         """Bytes of the model's parameters as MLX holds them, after quantization."""
         return self._weight_bytes
+
+    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
+        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
 
     def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
         return embed_in_chunks(

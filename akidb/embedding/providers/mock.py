@@ -37,6 +37,9 @@ class MockProvider:
             vectors[row] = mock_vector(prefix + text, dimension)
         return Embeddings(vectors=vectors, total_tokens=sum(len(t.split()) for t in texts))
 
+    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
+        return [len(text.split()) for text in texts]
+
     def warmup(self) -> None:
         self.embed(["warm-up"], "document")
 

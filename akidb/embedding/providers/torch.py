@@ -17,7 +17,7 @@ from akidb.embedding.heads import load_output_head
 from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer
+from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer, token_counts
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class TorchProvider:
     @property
     def name(self) -> str:
         return "torch"
+
+    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
+        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
 
     def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
         return embed_in_chunks(

@@ -31,7 +31,7 @@ class DocumentController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("documents",)
 
-    @post("/upsert", status_code=200, responses=error_responses(404, 413, 422, 503))
+    @post("/upsert", status_code=200, responses=error_responses(404, 413, 422, 429, 503))
     async def upsert(
         self, name: FromPath[str], data: JSONBody[UpsertRequest], runtime: NamedDependency[Runtime]
     ) -> UpsertResponse:

@@ -24,7 +24,7 @@ class EmbedController(Controller):
     path = "/api/v1/embed"
     tags = ("embeddings",)
 
-    @post("/", status_code=200, responses=error_responses(404, 422, 503))
+    @post("/", status_code=200, responses=error_responses(404, 422, 429, 503))
     async def embed(self, data: JSONBody[EmbedRequest], runtime: NamedDependency[Runtime]) -> EmbedResponse:
         result = await runtime.router.embed_texts(
             data.model, data.inputs, data.input_type, normalize=data.normalize, dimensions=data.dimensions
@@ -44,7 +44,7 @@ class OpenAIEmbeddingsController(Controller):
     path = "/v1/embeddings"
     tags = ("embeddings",)
 
-    @post("/", status_code=200, responses=error_responses(404, 422, 503))
+    @post("/", status_code=200, responses=error_responses(404, 422, 429, 503))
     async def embeddings(
         self, data: JSONBody[OpenAIEmbeddingRequest], runtime: NamedDependency[Runtime]
     ) -> OpenAIEmbeddingResponse:

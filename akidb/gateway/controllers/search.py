@@ -14,7 +14,7 @@ class SearchController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("search",)
 
-    @post("/search", status_code=200, responses=error_responses(404, 422, 503))
+    @post("/search", status_code=200, responses=error_responses(404, 422, 429, 503))
     async def search(
         self, name: FromPath[str], data: JSONBody[SearchRequest], runtime: NamedDependency[Runtime]
     ) -> SearchResponse:

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the embedding pipeline (request count and duration by route and status come from
+Litestar's Prometheus middleware). Names follow Text Embeddings Inference's where they mean the same."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets from 1 ms to 30 s; batch buckets in powers of two.
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TEXTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKENS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+QUEUE_SIZE = Gauge("akidb_embed_queue_size", "Texts waiting for the model's worker", ["model", "lane"])
+QUEUE_WAIT = Histogram(
+    "akidb_embed_queue_duration_seconds",
+    "Time a text waited in the queue before its batch started",
+    ["model", "lane"],
+    buckets=_SECONDS,
+)
+BATCH_SIZE = Histogram("akidb_embed_batch_size", "Texts per inference batch", ["model"], buckets=_TEXTS)
+BATCH_TOKENS = Histogram(
+    "akidb_embed_batch_tokens", "Padded tokens per inference batch (rows x longest row)", ["model"], buckets=_TOKENS
+)
+INFERENCE_DURATION = Histogram(
+    "akidb_embed_inference_duration_seconds", "Time of one inference batch", ["model"], buckets=_SECONDS
+)
+EMBEDDED_TEXTS = Counter("akidb_embed_texts_total", "Texts run through a model", ["model"])
+CACHE_HITS = Counter("akidb_embed_cache_hits_total", "Texts answered from the embedding cache", ["model"])
+CACHE_MISSES = Counter("akidb_embed_cache_misses_total", "Texts the embedding cache did not hold", ["model"])
+CACHE_ENTRIES = Gauge("akidb_embed_cache_entries", "Vectors held by the embedding cache")
+CACHE_BYTES = Gauge("akidb_embed_cache_bytes", "Bytes of vectors held by the embedding cache")
+REJECTED = Counter(
+    "akidb_embed_rejected_total",
+    "Requests turned away: queue_full (429), deadline (503), disconnected (client left while queued)",
+    ["model", "reason"],
+)
