@@ -65,6 +65,7 @@ def _serve(settings: Settings) -> int:
             host=settings.server.host,
             port=settings.server.port,
             log_level=settings.server.log_level,
+            access_log=settings.server.access_log,
             timeout_graceful_shutdown=10,
         )
     )

@@ -31,6 +31,8 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     max_documents_per_upsert: int = 1000
     max_body_bytes: int = 64 * 1024 * 1024
     max_top_k: int = 1000
+    # One log line per request; off by default, since /metrics counts requests by route and status.
+    access_log: bool = False
 
 
 class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
