@@ -31,10 +31,37 @@ def load_tokenizer(model_path: Path, max_length: int) -> tuple[Tokenizer, int]:
     return tokenizer, pad_id
 
 
-def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices grouped into batches of similar length, so each batch pads little."""
+# What one more batch costs, in padded tokens. Measured with MiniLM on this kind of 2-core CPU (ONNX
+# Runtime fp32): a batch takes about 3.5 ms plus 0.2 ms per padded token (rows x longest row), so the
+# fixed cost equals about 16 tokens. Sixteen random fortunes run as one padded batch did 41 texts/s;
+# split into batches of similar length, 95.
+BATCH_OVERHEAD_TOKENS = 16
+
+
+def length_sorted_chunks(
+    lengths: Sequence[int], batch_size: int, overhead_tokens: int = BATCH_OVERHEAD_TOKENS
+) -> list[list[int]]:
+    """Row indices grouped into batches of similar length, at most `batch_size` rows each.
+
+    Rows are sorted by length and then cut where they cost least in all: each batch costs
+    `overhead_tokens` plus its rows x its longest row (dynamic programming over the sorted rows), so
+    texts of very different lengths never share a batch just because they arrived together."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    sorted_lengths = [lengths[row] for row in order]
+    best = [0] * (len(order) + 1)  # best[end]: the least cost of rows [0, end)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = sorted_lengths[end - 1]
+        best[end], cut[end] = min(
+            (best[start] + overhead_tokens + (end - start) * longest, start)
+            for start in range(max(0, end - batch_size), end)
+        )
+    chunks: list[list[int]] = []
+    end = len(order)
+    while end > 0:
+        chunks.append(order[cut[end] : end])
+        end = cut[end]
+    return chunks[::-1]
 
 
 @dataclass(frozen=True, slots=True)
