@@ -33,6 +33,8 @@ test: lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.serving --backend onnx --quantization fp32
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.serving --backend onnx --quantization int8
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.quality
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.memory
 

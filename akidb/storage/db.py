@@ -24,6 +24,10 @@ def create_db_engine(url: str, *, busy_timeout_ms: int = 10_000, synchronous: st
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000.0},
+        # Searches read from anyio's worker threads (40 by default): keep a connection for each, rather
+        # than opening and setting up a new SQLite connection per read past the default 5 + 10.
+        pool_size=40,
+        max_overflow=40,
     )
 
     @event.listens_for(engine, "connect")
