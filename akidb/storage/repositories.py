@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -333,28 +334,45 @@ class Store:
         with_metadata: bool,
         with_vector: bool,
     ) -> dict[int, DocumentRecord]:
-        columns = [_documents.c.id, _documents.c.label, _documents.c.seq]
+        """The rows behind k-NN hits. On the search path, so it runs plain SQL on a pooled DBAPI
+        connection: SQLAlchemy's statement building and result processing cost more than the query
+        (1.1 ms of a 1.7 ms search, measured on 10 hits)."""
+        if not labels:
+            return {}
+        columns = ["id", "label", "seq"]
         if with_text:
-            columns.append(_documents.c.text)
+            columns.append("text")
         if with_metadata:
-            columns.append(_documents.c.metadata)
+            columns.append('"metadata"')
         if with_vector:
-            columns.append(_documents.c.vector)
+            columns.append("vector")
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         found: dict[int, DocumentRecord] = {}
-        with self.engine.connect() as conn:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
             for chunk in _chunks(list(labels)):
-                rows = conn.execute(
-                    select(*columns).where(_documents.c.collection_id == collection_id, _documents.c.label.in_(chunk))
+                cursor.execute(
+                    f"SELECT {', '.join(columns)} FROM documents "
+                    f"WHERE collection_id = {mark} AND label IN ({', '.join([mark] * len(chunk))})",
+                    [collection_id, *chunk],
                 )
-                for row in rows:
-                    found[row.label] = DocumentRecord(
-                        id=row.id,
-                        label=row.label,
-                        text=row.text if with_text else None,
-                        metadata=(row.metadata or {}) if with_metadata else {},
-                        vector=blob_to_vector(row.vector) if with_vector else None,
-                        seq=row.seq,
+                for row in cursor.fetchall():
+                    values = dict(zip(("id", "label", "seq", *(c.strip('"') for c in columns[3:])), row, strict=True))
+                    metadata = values.get("metadata")
+                    if isinstance(metadata, str | bytes):
+                        metadata = json.loads(metadata)
+                    found[values["label"]] = DocumentRecord(
+                        id=values["id"],
+                        label=values["label"],
+                        text=values["text"] if with_text else None,
+                        metadata=(metadata or {}) if with_metadata else {},
+                        vector=blob_to_vector(values["vector"]) if with_vector else None,
+                        seq=values["seq"],
                     )
+            cursor.close()
+        finally:
+            connection.close()  # back to the pool
         return found
 
     @staticmethod
