@@ -12,6 +12,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from akidb.embedding.provider import Embeddings
+from akidb.embedding.spec import InputKind, ModelSpec
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -120,3 +121,33 @@ def embed_in_chunks(
         vectors[rows] = head(pooled) if head is not None else pooled
         total_tokens += sum(len(e.ids) for e in chunk)
     return Embeddings(vectors=vectors, total_tokens=total_tokens)
+
+
+class TokenizedModel:
+    """What the torch, onnx and mlx providers share: the fast tokenizer, the spec's prefixes, chunking and
+    the output head. A provider sets these attributes and implements `_run_batch`, which returns the
+    pooled, unnormalised states of one padded batch."""
+
+    _spec: ModelSpec
+    _tokenizer: Tokenizer
+    _pad_id: int
+    _head: Callable[[FloatArray], FloatArray]
+    batch_size: int
+
+    def _run_batch(self, batch: PaddedBatch) -> FloatArray:
+        raise NotImplementedError
+
+    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
+        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
+
+    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
+        return embed_in_chunks(
+            self._tokenizer,
+            self._pad_id,
+            texts,
+            self._spec.prefix_for(kind),
+            self.batch_size,
+            self._spec.dimension,
+            self._run_batch,
+            head=self._head,
+        )

@@ -14,17 +14,16 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from akidb.embedding.heads import OutputHead, load_output_head
-from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
+from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
-from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer, token_counts
+from akidb.embedding.spec import ModelSpec
+from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
 from akidb.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def pick_mlx_device(mx: Any, device: str) -> tuple[Any, str]:
     raise ProviderUnsupported(f"mlx: unknown device '{device}' (auto, cpu or gpu)")
 
 
-class MlxProvider:
+class MlxProvider(TokenizedModel):
     def __init__(self, spec: ModelSpec, model_path: Path, options: ProviderOptions) -> None:
         mx, models = _import_mlx()
         self._mx = mx
@@ -132,21 +131,6 @@ class MlxProvider:
     def weight_bytes(self) -> int:
         """Bytes of the model's parameters as MLX holds them, after quantization."""
         return self._weight_bytes
-
-    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
-        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
-
-    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
-        return embed_in_chunks(
-            self._tokenizer,
-            self._pad_id,
-            texts,
-            self._spec.prefix_for(kind),
-            self.batch_size,
-            self._spec.dimension,
-            self._run_batch,
-            head=self._head,
-        )
 
     def _run_batch(self, batch: PaddedBatch) -> FloatArray:
         """Pooled states in float32 (through any Dense layers held in MLX); the head normalises them."""

@@ -30,10 +30,10 @@ import numpy as np
 
 from akidb.embedding.heads import load_output_head
 from akidb.embedding.pooling import pool
-from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
+from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
-from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer, token_counts
+from akidb.embedding.spec import ModelSpec
+from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def _quantize_int8(source: Path, destination: Path, external_data: bool) -> dict
     }
 
 
-class OnnxProvider:
+class OnnxProvider(TokenizedModel):
     def __init__(self, spec: ModelSpec, model_path: Path, options: ProviderOptions) -> None:
         onnxruntime = _import_onnxruntime()
         self._spec = spec
@@ -405,21 +405,6 @@ class OnnxProvider:
     @property
     def name(self) -> str:
         return "onnx"
-
-    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
-        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
-
-    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
-        return embed_in_chunks(
-            self._tokenizer,
-            self._pad_id,
-            texts,
-            self._spec.prefix_for(kind),
-            self.batch_size,
-            self._spec.dimension,
-            self._run_batch,
-            head=self._head,
-        )
 
     def _run_batch(self, batch: PaddedBatch) -> FloatArray:
         if self.quantization == "int8":

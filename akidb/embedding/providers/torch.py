@@ -7,17 +7,16 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from akidb.embedding.heads import load_output_head
-from akidb.embedding.provider import Embeddings, ProviderOptions, ProviderUnsupported, missing_extra
+from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
-from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, embed_in_chunks, load_tokenizer, token_counts
+from akidb.embedding.spec import ModelSpec
+from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def quantize_linear_layers(torch: Any, model: Any) -> Any:
         return quantize_dynamic(model, chosen, dtype=torch.qint8)  # type: ignore[no-untyped-call]
 
 
-class TorchProvider:
+class TorchProvider(TokenizedModel):
     def __init__(self, spec: ModelSpec, model_path: Path, options: ProviderOptions) -> None:
         torch, auto_model = _import_torch()
         self._torch = torch
@@ -125,21 +124,6 @@ class TorchProvider:
     @property
     def name(self) -> str:
         return "torch"
-
-    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
-        return token_counts(self._tokenizer, texts, self._spec.prefix_for(kind))
-
-    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
-        return embed_in_chunks(
-            self._tokenizer,
-            self._pad_id,
-            texts,
-            self._spec.prefix_for(kind),
-            self.batch_size,
-            self._spec.dimension,
-            self._run_batch,
-            head=self._head,
-        )
 
     def _run_batch(self, batch: PaddedBatch) -> FloatArray:
         torch = self._torch
