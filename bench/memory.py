@@ -58,6 +58,24 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path, timeout_s: float = 300.0) -> str | None:
+    """Wait until GET /health/ready answers 200: None then, else why not (with the server log's tail)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-1500:]
+                return f"the server exited during start-up:\n{tail}"
+            try:
+                if client.get("/health/ready").status_code == 200:
+                    return None
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                return f"the server was not ready in {timeout_s:.0f} s"
+            time.sleep(0.5)
+
+
 def fortunes(limit: int) -> list[str]:
     with open(DATA / "fortunes-corpus.jsonl", encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()][:limit]
@@ -92,21 +110,10 @@ def measure(provider: str, quantization: str, texts: list[str]) -> dict[str, Any
             stderr=subprocess.STDOUT,
         )
         try:
+            failure = wait_ready(process, port, Path(scratch) / "server.log")
+            if failure is not None:
+                return {"config": f"{provider} {quantization}", "failed": failure}
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    log.close()
-                    tail = (Path(scratch) / "server.log").read_text(errors="replace")[-1500:]
-                    return {"config": f"{provider} {quantization}", "failed": tail}
-                try:
-                    if client.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("server not ready in 300 s")
-                time.sleep(0.5)
             if provider != "user_provided":
                 for start in range(0, len(texts), 50):
                     client.post("/api/v1/embed", json={"inputs": texts[start : start + 50]}).raise_for_status()

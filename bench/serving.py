@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import hnswlib
-import httpx
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +58,7 @@ from akidb.embedding.provider import ProviderOptions
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
-from bench.memory import free_port
+from bench.memory import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SHARED_DATA_DIR") or ROOT.parent / "shared" / "data")
@@ -260,7 +259,9 @@ def running_server(backend: str, quantization: str) -> Iterator[Server]:
             process = subprocess.Popen(command, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT)
             server = Server(process, port)
             try:
-                wait_ready(process, port, log_path)
+                failure = wait_ready(process, port, log_path)
+                if failure is not None:
+                    raise SystemExit(failure)
                 yield server
             finally:
                 process.terminate()
@@ -270,23 +271,6 @@ def running_server(backend: str, quantization: str) -> Iterator[Server]:
                     for line in log_path.read_text(errors="replace").splitlines()
                     if "Traceback" in line or "ERROR" in line
                 ]
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 300
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        while True:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise SystemExit(f"the server exited during start-up:\n{tail}")
-            try:
-                if client.get("/health/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server was not ready in 300 s")
-            time.sleep(0.5)
 
 
 def process_cpu_s(pid: int) -> float:
