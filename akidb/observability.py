@@ -34,3 +34,10 @@ REJECTED = Counter(
     "Requests turned away: queue_full (429), deadline (503), disconnected (client left while queued)",
     ["model", "reason"],
 )
+SEARCH_PLANS = Counter(
+    "akidb_search_plan_total",
+    "Dense searches by the plan that served them: exact (every vector), graph (HNSW), exact_filtered (every "
+    "vector that passes the filter), graph_filtered (HNSW with hnswlib's filter callable), graph_oversampled "
+    "(HNSW, then the filter over a wider top k)",
+    ["plan"],
+)

@@ -1,24 +1,29 @@
-"""Upserts that are all-or-nothing: validate, embed what has no vector, one transaction, then the index."""
+"""Documents: all-or-nothing upserts (validate, embed what has no vector, one transaction, then every derived
+structure), reads by id or filter in id order, counts, and deletes by ids and/or filter."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
 
-from akidb.collections.service import CollectionHandle, CollectionService
-from akidb.collections.validation import DocumentInput, PreparedDocument, prepare_documents
+from akidb.collections import filters
+from akidb.collections.validation import DocumentInput, PreparedDocument, check_include, prepare_documents
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
-from akidb.storage.repositories import DocumentRecord, NewDocument
+from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.repositories import DocumentRecord, NewDocument, Store
 
 MAX_PAGE = 1000
+DOCUMENT_FIELDS = ("text", "metadata", "vector")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +55,16 @@ def _decode_cursor(cursor: str) -> str:
 
 
 class DocumentService:
-    def __init__(self, collections: CollectionService, router: EmbeddingRouter, *, max_documents: int) -> None:
+    def __init__(
+        self, store: Store, collections: OpenCollections, router: EmbeddingRouter, *, max_documents: int
+    ) -> None:
+        self.store = store
         self.collections = collections
         self.router = router
         self.max_documents = max_documents
 
     async def upsert(self, collection: str, documents: Sequence[DocumentInput]) -> UpsertResult:
-        handle = self.collections.handle(collection)
+        handle = self.collections.get(collection)
         prepared = await anyio.to_thread.run_sync(self._prepare, handle, documents)
         to_embed = [row for row, doc in enumerate(prepared) if doc.vector is None]
         total_tokens, duration_ms = 0, 0.0
@@ -81,7 +89,7 @@ class DocumentService:
             duration_ms=round(duration_ms, 3),
         )
 
-    def _prepare(self, handle: CollectionHandle, documents: Sequence[DocumentInput]) -> list[PreparedDocument]:
+    def _prepare(self, handle: OpenCollection, documents: Sequence[DocumentInput]) -> list[PreparedDocument]:
         return prepare_documents(
             documents,
             collection=handle.name,
@@ -91,7 +99,7 @@ class DocumentService:
             max_documents=self.max_documents,
         )
 
-    def _write(self, handle: CollectionHandle, prepared: list[PreparedDocument]) -> tuple[list[str], int, int]:
+    def _write(self, handle: OpenCollection, prepared: list[PreparedDocument]) -> tuple[list[str], int, int]:
         rows = [
             NewDocument(
                 id=doc.id if doc.id is not None else str(uuid.uuid4()),
@@ -101,46 +109,80 @@ class DocumentService:
             )
             for doc in prepared
         ]
-        vectors = np.stack([row.vector for row in rows])
-        with handle.write_lock:
-            if handle.dropped:
-                raise NotFound(f"collection '{handle.name}' was deleted")
-            outcome = self.collections.store.upsert_documents(handle.id, rows)
-            handle.index.upsert(outcome.labels, vectors, is_new=outcome.is_new, seq=outcome.last_seq)
+        outcome = handle.upsert(self.store, rows)
         return [row.id for row in rows], outcome.inserted, outcome.updated
 
     async def get(self, collection: str, doc_id: str, *, include_vector: bool) -> DocumentRecord:
-        handle = self.collections.handle(collection)
+        handle = self.collections.get(collection)
         return await anyio.to_thread.run_sync(
-            lambda: self.collections.store.get_document(handle.id, doc_id, with_vector=include_vector)
+            lambda: self.store.get_document(handle.id, doc_id, with_vector=include_vector)
         )
 
     async def list(self, collection: str, *, limit: int, cursor: str | None, include_vector: bool) -> DocumentPage:
+        include = ("text", "metadata", "vector") if include_vector else ("text", "metadata")
+        return await self.find(collection, limit=limit, cursor=cursor, include=include)
+
+    async def find(
+        self,
+        collection: str,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Any = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        include: Sequence[str] = ("text", "metadata"),
+    ) -> DocumentPage:
+        """Documents by ids and/or filter (AND), in id order by code point, a page at a time."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}", extra={"field": "limit"})
-        handle = self.collections.handle(collection)
+        check_include(include, DOCUMENT_FIELDS)
+        node = filters.parse_filter(filter)
+        handle = self.collections.get(collection)
         after = _decode_cursor(cursor) if cursor else None
-        rows = await anyio.to_thread.run_sync(
-            lambda: self.collections.store.list_documents(
-                handle.id, after_id=after, limit=limit + 1, with_vector=include_vector
-            )
-        )
+        wanted = {"with_text": "text" in include, "with_metadata": "metadata" in include}
+        with_vector = "vector" in include
+
+        def read() -> list[DocumentRecord]:
+            if node is None and ids is None:
+                return self.store.list_documents(handle.id, after_id=after, limit=limit + 1, with_vector=with_vector)
+            chosen = sorted(filters.select(node, handle.metadata, ids=ids).ids)
+            start = bisect.bisect_right(chosen, after) if after is not None else 0
+            page = chosen[start : start + limit + 1]
+            rows = self.store.documents_by_id(handle.id, page, with_vector=with_vector, **wanted)
+            by_id = {row.id: row for row in rows.values()}
+            return [by_id[doc_id] for doc_id in page if doc_id in by_id]  # deleted meanwhile: skipped
+
+        rows = await anyio.to_thread.run_sync(read)
         next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
         return DocumentPage(documents=rows[:limit], next_cursor=next_cursor)
 
-    async def delete(self, collection: str, ids: Sequence[str]) -> int:
-        handle = self.collections.handle(collection)
+    async def count(self, collection: str, *, filter: Any = None) -> int:
+        node = filters.parse_filter(filter)
+        handle = self.collections.get(collection)
+        if node is None:
+            return handle.live_count
+        return await anyio.to_thread.run_sync(lambda: filters.count(node, handle.metadata))
 
-        def remove() -> int:
-            with handle.write_lock:
-                if handle.dropped:
-                    raise NotFound(f"collection '{handle.name}' was deleted")
-                outcome = self.collections.store.delete_documents(handle.id, ids)
-                handle.index.delete(outcome.labels, seq=outcome.last_seq)
-            return len(outcome.labels)
+    async def delete(
+        self, collection: str, *, ids: Sequence[str] | None = None, filter: Any = None, dry_run: bool = False
+    ) -> int:
+        """Delete by ids and/or filter (AND); with neither, nothing: an empty request never empties a collection."""
+        node = filters.parse_filter(filter)
+        if ids is None and node is None:
+            raise InvalidRequest(
+                "delete needs ids or a non-empty filter (to empty a collection, delete the collection)",
+                extra={"field": "filter"},
+            )
+        handle = self.collections.get(collection)
 
-        return await anyio.to_thread.run_sync(remove)
+        def choose() -> list[str]:
+            return filters.select(node, handle.metadata, ids=ids).ids
+
+        if dry_run:
+            return await anyio.to_thread.run_sync(lambda: len(choose()))
+        outcome = await anyio.to_thread.run_sync(lambda: handle.delete(self.store, choose))
+        return len(outcome.labels)
 
     async def delete_one(self, collection: str, doc_id: str) -> None:
-        if await self.delete(collection, [doc_id]) == 0:
+        if await self.delete(collection, ids=[doc_id]) == 0:
             raise NotFound(f"document '{doc_id}' does not exist in collection '{collection}'")

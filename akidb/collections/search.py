@@ -1,30 +1,50 @@
-"""Search: embed the query if it is text, k-NN on the collection's index, hydrate the hits from the rows."""
+"""Search: dense (k-NN through the planner), keyword (BM25) or hybrid (reciprocal-rank fusion of the two),
+every mode restricted by the metadata filter, then the hits hydrated from the rows."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from akidb.collections.service import CollectionService
-from akidb.collections.validation import check_ef_search, check_text, check_top_k, check_vector
+from akidb.collections import filters
+from akidb.collections.planner import dense_search
+from akidb.collections.validation import check_ef_search, check_include, check_text, check_top_k, check_vector
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest
+from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.repositories import Store
 
 INCLUDABLE = ("text", "metadata", "vector")
 SEARCH_THREADS = 2
+MODES = ("dense", "keyword", "hybrid")
+MIN_HYBRID_CANDIDATES = 100
+MAX_HYBRID_CANDIDATES = 10_000
+Mode = Literal["dense", "keyword", "hybrid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fusion:
+    """Reciprocal-rank fusion: score = sum over the two rankings of weight / (k + rank), rank from 1.
+    `candidates` is how deep each side ranks (default: the larger of 100 and top_k)."""
+
+    k: float = 60.0
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
+    candidates: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     id: str
     score: float
-    distance: float
+    distance: float | None
     text: str | None
     metadata: dict[str, Any] | None
     vector: list[float] | None
@@ -38,15 +58,48 @@ class SearchResult:
     duration_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    label: int
+    score: float
+    distance: float | None
+
+
 def score_of(metric: str, distance: float) -> float:
     return -distance if metric == "l2" else 1.0 - distance
 
 
+def _check_fusion(fusion: Fusion) -> None:
+    if not (math.isfinite(fusion.k) and fusion.k > 0):
+        raise InvalidRequest(f"fusion.k must be a positive number, got {fusion.k}", extra={"field": "fusion.k"})
+    for name in ("dense_weight", "keyword_weight"):
+        weight = getattr(fusion, name)
+        if not (math.isfinite(weight) and weight >= 0):
+            raise InvalidRequest(
+                f"fusion.{name} must be a number >= 0, got {weight}", extra={"field": f"fusion.{name}"}
+            )
+    if fusion.candidates is not None and not 1 <= fusion.candidates <= MAX_HYBRID_CANDIDATES:
+        raise InvalidRequest(
+            f"fusion.candidates must be between 1 and {MAX_HYBRID_CANDIDATES}, got {fusion.candidates}",
+            extra={"field": "fusion.candidates"},
+        )
+
+
 class SearchService:
-    def __init__(self, collections: CollectionService, router: EmbeddingRouter, *, max_top_k: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        collections: OpenCollections,
+        router: EmbeddingRouter,
+        *,
+        max_top_k: int,
+        exact_search_max: int,
+    ) -> None:
+        self.store = store
         self.collections = collections
         self.router = router
         self.max_top_k = max_top_k
+        self.exact_search_max = exact_search_max
         # A few threads, not one per concurrent search: each SQLite call lets go of the GIL and must win
         # it back, and with many threads doing so the waits (5 ms switch interval) add up to more than the
         # searches cost. Measured with 16 clients: see the issue-4 note.
@@ -61,34 +114,22 @@ class SearchService:
         top_k: int = 10,
         ef_search: int | None = None,
         include: Sequence[str] = ("text", "metadata"),
+        mode: Mode = "dense",
+        filter: Any = None,
+        fusion: Fusion | None = None,
     ) -> SearchResult:
-        handle = self.collections.handle(collection)
-        if (query is None) == (vector is None):
-            raise InvalidRequest("give exactly one of query or vector", extra={"field": "query"})
+        handle = self.collections.get(collection)
+        self._check(handle, mode, query, vector, fusion)
         check_top_k(top_k, self.max_top_k)
         if ef_search is not None:
             check_ef_search(ef_search, "ef_search")
-        unknown = [item for item in include if item not in INCLUDABLE]
-        if unknown:
-            raise InvalidRequest(
-                f"include: '{unknown[0]}' is not one of {', '.join(INCLUDABLE)}", extra={"field": "include"}
-            )
-        total_tokens, duration_ms = 0, 0.0
+        check_include(include, INCLUDABLE)
+        node = filters.parse_filter(filter)
         if query is not None:
             check_text(query, where="query", field="query")
-            if handle.embedding_model is None:
-                raise InvalidRequest(
-                    f"collection '{handle.name}' has no embedding model: search it with a vector",
-                    extra={"field": "query"},
-                )
-            embedded = await self.router.embed(handle.embedding_model, [query], "query", lane="interactive")
-            spec = self.router.spec(handle.embedding_model)
-            query_vector: npt.NDArray[np.float32] = fit_dimension(
-                embedded.embeddings.vectors, handle.dimension, spec.normalize
-            )[0]
-            total_tokens, duration_ms = embedded.embeddings.total_tokens, embedded.duration_ms
-        else:
-            assert vector is not None
+        total_tokens, duration_ms = 0, 0.0
+        query_vector: npt.NDArray[np.float32] | None = None
+        if vector is not None:
             query_vector = check_vector(
                 vector,
                 dimension=handle.dimension,
@@ -97,38 +138,118 @@ class SearchService:
                 where="query vector",
                 field="vector",
             )
-        wanted = set(include)
+        elif mode != "keyword":
+            assert query is not None  # _check enforces it, and a model
+            assert handle.embedding_model is not None
+            embedded = await self.router.embed(handle.embedding_model, [query], "query", lane="interactive")
+            spec = self.router.spec(handle.embedding_model)
+            query_vector = fit_dimension(embedded.embeddings.vectors, handle.dimension, spec.normalize)[0]
+            total_tokens, duration_ms = embedded.embeddings.total_tokens, embedded.duration_ms
+        fusion = fusion or Fusion()
+        depth = fusion.candidates or max(MIN_HYBRID_CANDIDATES, top_k)
 
-        def knn_and_hydrate() -> list[SearchHit]:
-            labels, distances = handle.index.search(query_vector, top_k, ef_search)
-            rows = self.collections.store.documents_by_label(
-                handle.id,
-                labels,
-                with_text="text" in wanted,
-                with_metadata="metadata" in wanted,
-                with_vector="vector" in wanted,
-            )
-            hits = []
-            for label, distance in zip(labels, distances, strict=True):
-                row = rows.get(label)
-                if row is None:  # deleted between the k-NN and the read
-                    continue
-                hits.append(
-                    SearchHit(
-                        id=row.id,
-                        score=score_of(handle.metric, distance),
-                        distance=distance,
-                        text=row.text if "text" in wanted else None,
-                        metadata=row.metadata if "metadata" in wanted else None,
-                        vector=row.vector.tolist() if row.vector is not None else None,
-                    )
-                )
-            return hits
+        def rank() -> list[_Ranked]:
+            allowed = None if node is None else filters.select(node, handle.metadata).labels
+            if mode == "keyword":
+                assert query is not None
+                return self._keyword(handle, query, top_k, allowed)
+            assert query_vector is not None
+            if mode == "dense":
+                return self._dense(handle, query_vector, top_k, ef_search, allowed)
+            assert query is not None
+            dense = self._dense(handle, query_vector, depth, ef_search, allowed)
+            keyword = self._keyword(handle, query, depth, allowed)
+            return _fuse(dense, keyword, fusion)[:top_k]
 
-        hits = await anyio.to_thread.run_sync(knn_and_hydrate, limiter=self._readers)
+        def search_and_hydrate() -> list[SearchHit]:
+            return self._hydrate(handle, rank(), set(include))
+
+        hits = await anyio.to_thread.run_sync(search_and_hydrate, limiter=self._readers)
         return SearchResult(
             hits=hits,
-            model=handle.embedding_model,
+            model=handle.embedding_model if mode != "keyword" else None,
             total_tokens=total_tokens,
             duration_ms=round(duration_ms, 3),
         )
+
+    @staticmethod
+    def _check(
+        handle: OpenCollection, mode: str, query: str | None, vector: Sequence[float] | None, fusion: Fusion | None
+    ) -> None:
+        if mode not in MODES:
+            raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, got '{mode}'", extra={"field": "mode"})
+        if fusion is not None:
+            if mode != "hybrid":
+                raise InvalidRequest("fusion applies to mode 'hybrid' only", extra={"field": "fusion"})
+            _check_fusion(fusion)
+        if mode == "dense":
+            if (query is None) == (vector is None):
+                raise InvalidRequest("give exactly one of query or vector", extra={"field": "query"})
+        elif query is None:
+            raise InvalidRequest(f"mode '{mode}' needs a query (the keywords)", extra={"field": "query"})
+        if mode == "keyword" and vector is not None:
+            raise InvalidRequest(
+                "mode 'keyword' ranks texts by their words: leave out vector", extra={"field": "vector"}
+            )
+        if mode != "keyword" and vector is None and handle.embedding_model is None:
+            raise InvalidRequest(
+                f"collection '{handle.name}' has no embedding model: give a vector for the dense side",
+                extra={"field": "vector" if mode == "hybrid" else "query"},
+            )
+
+    def _dense(
+        self,
+        handle: OpenCollection,
+        query: npt.NDArray[np.float32],
+        k: int,
+        ef: int | None,
+        allowed: npt.NDArray[np.int64] | None,
+    ) -> list[_Ranked]:
+        found = dense_search(handle, query, k, ef=ef, allowed=allowed, exact_max=self.exact_search_max)
+        return [
+            _Ranked(label, score_of(handle.metric, distance), distance)
+            for label, distance in zip(found.labels, found.distances, strict=True)
+        ]
+
+    @staticmethod
+    def _keyword(handle: OpenCollection, query: str, k: int, allowed: npt.NDArray[np.int64] | None) -> list[_Ranked]:
+        labels, scores = handle.keyword.search(query, k, allowed)
+        return [_Ranked(label, score, None) for label, score in zip(labels, scores, strict=True)]
+
+    def _hydrate(self, handle: OpenCollection, ranked: list[_Ranked], wanted: set[str]) -> list[SearchHit]:
+        rows = self.store.documents_by_label(
+            handle.id,
+            [hit.label for hit in ranked],
+            with_text="text" in wanted,
+            with_metadata="metadata" in wanted,
+            with_vector="vector" in wanted,
+        )
+        hits = []
+        for hit in ranked:
+            row = rows.get(hit.label)
+            if row is None:  # deleted between the ranking and the read
+                continue
+            hits.append(
+                SearchHit(
+                    id=row.id,
+                    score=hit.score,
+                    distance=hit.distance,
+                    text=row.text if "text" in wanted else None,
+                    metadata=row.metadata if "metadata" in wanted else None,
+                    vector=row.vector.tolist() if row.vector is not None else None,
+                )
+            )
+        return hits
+
+
+def _fuse(dense: list[_Ranked], keyword: list[_Ranked], fusion: Fusion) -> list[_Ranked]:
+    """Reciprocal-rank fusion; the distance is the dense side's where it ranked the document."""
+    scores: dict[int, float] = {}
+    distances: dict[int, float | None] = {}
+    for ranking, weight in ((dense, fusion.dense_weight), (keyword, fusion.keyword_weight)):
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.label] = scores.get(hit.label, 0.0) + weight / (fusion.k + rank)
+            if hit.distance is not None or hit.label not in distances:
+                distances[hit.label] = hit.distance
+    order = sorted(scores, key=lambda label: (-scores[label], label))
+    return [_Ranked(label, scores[label], distances[label]) for label in order]

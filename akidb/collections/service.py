@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from akidb.collections.validation import METRICS, check_collection_name, check_ef_search, check_hnsw
 from akidb.embedding.registry import ModelRegistry
-from akidb.errors import DimensionMismatch, InvalidRequest, NotFound
-from akidb.storage.index import DEFAULT_EXACT_MAX, HnswIndex, open_index, remove_index_files
+from akidb.errors import DimensionMismatch, InvalidRequest
+from akidb.storage.collection import OpenCollections
 from akidb.storage.repositories import CollectionRecord, HnswParams, Store
 
 log = logging.getLogger(__name__)
@@ -36,84 +34,14 @@ class CollectionInfo:
     updated_at: datetime
 
 
-class CollectionHandle:
-    """An open collection: its fixed shape, its index, and the lock that orders its writes."""
-
-    def __init__(self, record: CollectionRecord, index: HnswIndex, index_dir: Path) -> None:
-        self.id = record.id
-        self.name = record.name
-        self.embedding_model = record.embedding_model
-        self.dimension = record.dimension
-        self.metric = record.metric
-        self.index = index
-        self.index_dir = index_dir
-        # Held across the database commit and the index update, so the index applies writes in seq order.
-        self.write_lock = threading.Lock()
-        self.dropped = False
-
-
 class CollectionService:
     def __init__(
-        self,
-        store: Store,
-        registry: ModelRegistry,
-        index_root: Path,
-        *,
-        default_model: str | None,
-        exact_search_max: int = DEFAULT_EXACT_MAX,
+        self, store: Store, collections: OpenCollections, registry: ModelRegistry, *, default_model: str | None
     ) -> None:
         self.store = store
+        self.collections = collections
         self.registry = registry
-        self.index_root = index_root
         self.default_model = default_model
-        self.exact_search_max = exact_search_max
-        self._handles: dict[str, CollectionHandle] = {}
-        self._handles_lock = threading.Lock()
-
-    # --- lifecycle -----------------------------------------------------------------------------------
-
-    def open_all(self) -> None:
-        """Blocking: open every collection's index, catching up from the database."""
-        for record in self.store.list_collections():
-            self._open(record)
-
-    def _open(self, record: CollectionRecord) -> CollectionHandle:
-        directory = self.index_root / record.uid
-        index = open_index(
-            self.store,
-            record.id,
-            directory,
-            dimension=record.dimension,
-            metric=record.metric,
-            params=record.hnsw,
-            last_seq=record.last_seq,
-            exact_max=self.exact_search_max,
-        )
-        handle = CollectionHandle(record, index, directory)
-        with self._handles_lock:
-            self._handles[record.name] = handle
-        return handle
-
-    def save_indexes(self, *, only_dirty: bool = True) -> int:
-        """Blocking: checkpoint indexes; returns how many were written."""
-        saved = 0
-        for handle in list(self._handles.values()):
-            saved += self.save_index(handle, only_dirty=only_dirty)
-        return saved
-
-    def save_index(self, handle: CollectionHandle, *, only_dirty: bool = True) -> int:
-        with handle.write_lock:
-            if handle.dropped or (only_dirty and not handle.index.dirty):
-                return 0
-            seq = handle.index.save(handle.index_dir)
-            self.store.purge_tombstones(handle.id, seq)
-        return 1
-
-    def handle(self, name: str) -> CollectionHandle:
-        handle = self._handles.get(name)
-        if handle is None:
-            raise NotFound(f"collection '{name}' does not exist")
-        return handle
 
     # --- admin ---------------------------------------------------------------------------------------
 
@@ -169,7 +97,7 @@ class CollectionService:
                 hnsw=hnsw,
                 metadata=metadata or {},
             )
-            self._open(record)
+            self.collections.open(record)
             return self._info(record, document_count=0)
 
         return await anyio.to_thread.run_sync(create_and_open)
@@ -193,30 +121,23 @@ class CollectionService:
     async def update(self, name: str, *, metadata: dict[str, Any] | None, ef_search: int | None) -> CollectionInfo:
         if ef_search is not None:
             check_ef_search(ef_search, "hnsw.ef_search")
-        handle = self.handle(name)
+        collection = self.collections.get(name)
+
+        def apply(_: CollectionRecord) -> None:
+            if ef_search is not None:
+                collection.graph.set_ef_search(ef_search)
 
         def write() -> CollectionInfo:
-            with handle.write_lock:
-                record = self.store.update_collection(name, metadata=metadata, ef_search=ef_search)
-                if ef_search is not None:
-                    handle.index.set_ef_search(ef_search)
-            return self._info(record, document_count=self.store.count_documents(record.id))
+            record = collection.write(
+                lambda: self.store.update_collection(name, metadata=metadata, ef_search=ef_search), apply
+            )
+            return self._info(record, document_count=collection.live_count)
 
         return await anyio.to_thread.run_sync(write)
 
     async def delete(self, name: str) -> None:
-        handle = self.handle(name)
-
-        def drop() -> None:
-            with handle.write_lock:
-                self.store.delete_collection(name)
-                handle.dropped = True
-                with self._handles_lock:
-                    if self._handles.get(name) is handle:
-                        del self._handles[name]
-                remove_index_files(handle.index_dir)
-
-        await anyio.to_thread.run_sync(drop)
+        self.collections.get(name)
+        await anyio.to_thread.run_sync(self.collections.drop, name)
 
     @staticmethod
     def _info(record: CollectionRecord, *, document_count: int) -> CollectionInfo:

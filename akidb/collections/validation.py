@@ -154,3 +154,9 @@ def prepare_documents(
 def check_top_k(top_k: int, max_top_k: int) -> None:
     if not 1 <= top_k <= max_top_k:
         raise InvalidRequest(f"top_k must be between 1 and {max_top_k}, got {top_k}", extra={"field": "top_k"})
+
+
+def check_include(include: Sequence[str], allowed: Sequence[str]) -> None:
+    unknown = [item for item in include if item not in allowed]
+    if unknown:
+        raise InvalidRequest(f"include: '{unknown[0]}' is not one of {', '.join(allowed)}", extra={"field": "include"})

@@ -42,7 +42,7 @@ async def _save_periodically(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await anyio.to_thread.run_sync(runtime.collections.save_indexes)
+            await anyio.to_thread.run_sync(runtime.open_collections.save_all)
         except Exception:  # a failed checkpoint is retried; the database still holds everything
             log.exception("saving index checkpoints failed")
 

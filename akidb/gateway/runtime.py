@@ -12,6 +12,7 @@ from akidb.collections.service import CollectionService
 from akidb.config import Settings, build_registry
 from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.router import EmbeddingRouter
+from akidb.storage.collection import OpenCollections
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.repositories import Store
 
@@ -39,6 +40,7 @@ class Runtime:
     store: Store
     registry: ModelRegistry
     router: EmbeddingRouter
+    open_collections: OpenCollections
     collections: CollectionService
     documents: DocumentService
     search: SearchService
@@ -54,27 +56,30 @@ class Runtime:
         )
         store = Store(engine)
         router = EmbeddingRouter(settings.embedding, registry)
-        collections = CollectionService(
-            store,
-            registry,
-            settings.storage.index_dir,
-            default_model=router.default_model,
-            exact_search_max=settings.storage.exact_search_max_vectors,
-        )
+        open_collections = OpenCollections(store, settings.storage.index_dir)
         return cls(
             settings=settings,
             store=store,
             registry=registry,
             router=router,
-            collections=collections,
-            documents=DocumentService(collections, router, max_documents=settings.server.max_documents_per_upsert),
-            search=SearchService(collections, router, max_top_k=settings.server.max_top_k),
+            open_collections=open_collections,
+            collections=CollectionService(store, open_collections, registry, default_model=router.default_model),
+            documents=DocumentService(
+                store, open_collections, router, max_documents=settings.server.max_documents_per_upsert
+            ),
+            search=SearchService(
+                store,
+                open_collections,
+                router,
+                max_top_k=settings.server.max_top_k,
+                exact_search_max=settings.storage.exact_search_max_vectors,
+            ),
         )
 
     def open_storage(self) -> None:
         """Blocking: migrate the database, then open every index (catching up from the rows)."""
         migrate(self.store.engine)
-        self.collections.open_all()
+        self.open_collections.open_all()
         self.readiness.database = True
 
     def models_to_preload(self) -> list[str]:
@@ -93,7 +98,8 @@ class Runtime:
         self.readiness.model = True
 
     def close(self) -> None:
-        saved = self.collections.save_indexes()
+        saved = self.open_collections.save_all()
         log.info("saved %d index checkpoints", saved)
+        self.open_collections.close()
         self.router.close()
         self.store.engine.dispose()

@@ -122,14 +122,44 @@ class DocumentList(_Out):
 
 
 class DeleteRequest(_In):
-    ids: list[str]
+    """At least one of ids or a non-empty filter; both: the documents among ids that pass the filter."""
+
+    ids: list[str] | None = None
+    # Any JSON: the filter language is checked by the service, which names the path of each problem (422).
+    filter: Any = None
+    dry_run: bool = False
 
 
 class DeleteResponse(_Out):
     deleted: int
+    dry_run: bool = False
+
+
+class GetRequest(_In):
+    ids: list[str] | None = None
+    filter: Any = None
+    limit: int = 100
+    cursor: str | None = None
+    include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
+
+
+class CountRequest(_In):
+    filter: Any = None
+
+
+class CountResponse(_Out):
+    count: int
 
 
 # --- search ---
+
+
+class FusionIn(_In):
+    k: float = 60.0
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
+    # How deep each side ranks before fusion; default the larger of 100 and top_k.
+    candidates: int | None = None
 
 
 class SearchRequest(_In):
@@ -138,12 +168,16 @@ class SearchRequest(_In):
     top_k: int = 10
     ef_search: int | None = None
     include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
+    mode: Literal["dense", "keyword", "hybrid"] = "dense"
+    filter: Any = None
+    fusion: FusionIn | None = None
 
 
 class SearchHit(_Out, omit_defaults=True):
     id: str
     score: float
-    distance: float
+    # The dense distance where the dense side ranked the hit; null for keyword-only hits.
+    distance: float | None
     text: str | UnsetType | None = UNSET
     metadata: dict[str, Any] | UnsetType = UNSET
     vector: list[float] | UnsetType = UNSET

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import hnswlib
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT_RE = re.compile(r"^hnsw-(\d{20})\.bin$")
 _MIN_CAPACITY = 1024
-# Up to this many live vectors a collection is searched exactly (like Qdrant's full-scan threshold): an HNSW
-# graph can leave a point with no inbound edge, and users of a small collection rightly expect exact answers.
-DEFAULT_EXACT_MAX = 5000
 
 
 def _checkpoint_name(seq: int) -> str:
@@ -56,7 +54,6 @@ class HnswIndex:
         params: HnswParams,
         capacity: int = _MIN_CAPACITY,
         loaded: tuple[hnswlib.Index, int] | None = None,
-        exact_max: int = DEFAULT_EXACT_MAX,
     ) -> None:
         """A new empty index, or one wrapping `loaded`: an hnswlib index read from the checkpoint of that seq."""
         self.dimension = dimension
@@ -79,10 +76,6 @@ class HnswIndex:
         self._lock = RWLock()
         # Marked-deleted slots not yet reused by a new label (hnswlib does not report this itself).
         self._free_slots = 0
-        self.exact_max = exact_max
-        # label -> vector (unit length for cosine) while the collection is small; None once it outgrew exact_max.
-        self._exact: dict[int, npt.NDArray[np.float32]] | None = {} if loaded is None else None
-        self._exact_matrix: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None
 
     # --- reads ---
 
@@ -90,22 +83,34 @@ class HnswIndex:
     def live_count(self) -> int:
         return int(self._index.element_count) - self._free_slots
 
-    @property
-    def exact(self) -> bool:
-        """Whether searches scan every vector (small collections) rather than walk the HNSW graph."""
-        return self._exact is not None
+    def nbytes(self) -> dict[str, int]:
+        """hnswlib's memory: its own copy of the vectors, and the links (2M per slot on level 0, about
+        1/M of that again on the upper levels), for every allocated slot."""
+        slots = int(self._index.get_max_elements())
+        links = slots * ((2 * self.params.m + 1) * 4 + 8)
+        return {"graph_vectors": slots * self.dimension * 4, "graph_links": int(links * (1 + 1 / self.params.m))}
 
     @property
     def dirty(self) -> bool:
         return self.applied_seq != self.saved_seq
 
-    def search(self, vector: npt.NDArray[np.float32], k: int, ef: int | None = None) -> tuple[list[int], list[float]]:
-        """Up to k nearest labels and their distances, best first."""
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        ef: int | None = None,
+        accept: Callable[[int], bool] | None = None,
+    ) -> tuple[list[int], list[float]] | None:
+        """Up to k nearest labels and their distances, best first.
+
+        With `accept` (hnswlib's filter callable) only accepted labels come back, and None means that
+        fewer than k accepted labels were reached: the caller decides what to do instead.
+        """
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         wanted = max(ef or self.params.ef_search, k)
+        if accept is not None:
+            return self._search_accepting(query, k, wanted, accept)
         with self._lock.read():
-            if self._exact is not None:
-                return self._exact_knn(query[0], k)
             if wanted == self._index.ef:
                 found = self._knn(query, k)
                 if found is not None:
@@ -117,26 +122,24 @@ class HnswIndex:
             finally:
                 self._index.set_ef(self.params.ef_search)
 
-    def _exact_knn(self, query: npt.NDArray[np.float32], k: int) -> tuple[list[int], list[float]]:
-        cached = self._exact_matrix
-        if cached is None:  # rebuilt after a write; concurrent readers may both build it, harmlessly
-            exact = self._exact or {}
-            labels = np.fromiter(exact.keys(), dtype=np.int64, count=len(exact))
-            matrix = np.stack(list(exact.values())) if exact else np.empty((0, self.dimension), np.float32)
-            cached = self._exact_matrix = (labels, matrix)
-        labels, matrix = cached
-        k = min(k, len(labels))
+    def _search_accepting(
+        self, query: npt.NDArray[np.float32], k: int, ef: int, accept: Callable[[int], bool]
+    ) -> tuple[list[int], list[float]] | None:
+        k = min(k, self.live_count)
         if k <= 0:
             return [], []
-        if self.metric == "l2":
-            distances = ((matrix - query) ** 2).sum(axis=1)
-        else:
-            if self.metric == "cosine":
-                query = query / max(float(np.linalg.norm(query)), 1e-30)
-            distances = 1.0 - matrix @ query
-        top = np.argpartition(distances, k - 1)[:k] if k < len(labels) else np.arange(len(labels))
-        top = top[np.argsort(distances[top], kind="stable")]
-        return [int(x) for x in labels[top]], [float(x) for x in distances[top]]
+        own_ef = ef != self.params.ef_search
+        with self._lock.write() if own_ef else self._lock.read():
+            if own_ef:
+                self._index.set_ef(ef)
+            try:
+                labels, distances = self._index.knn_query(query, k=k, num_threads=1, filter=accept)
+            except RuntimeError:  # fewer than k accepted labels reachable
+                return None
+            finally:
+                if own_ef:
+                    self._index.set_ef(self.params.ef_search)
+        return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
 
     def _knn(self, query: npt.NDArray[np.float32], k: int) -> tuple[list[int], list[float]] | None:
         k = min(k, self.live_count)
@@ -196,25 +199,7 @@ class HnswIndex:
                     if replace_deleted:
                         self._free_slots -= min(self._free_slots, len(part))
         with self._lock.write():
-            if self._exact is not None:
-                self._remember_exact(labels, data)
             self.applied_seq = max(self.applied_seq, seq)
-
-    def _remember_exact(self, labels: list[int], data: npt.NDArray[np.float32]) -> None:
-        assert self._exact is not None
-        if self.metric == "cosine":
-            data = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-30)
-        for label, vector in zip(labels, data, strict=True):
-            self._exact[label] = vector.copy()
-        self._exact_matrix = None
-        if len(self._exact) > self.exact_max:
-            self._exact = None  # from now on the graph serves; the next open decides again
-
-    def start_exact(self, labels: list[int], vectors: npt.NDArray[np.float32]) -> None:
-        """Mirror the collection's live vectors for exact search (called when it is small on open)."""
-        with self._lock.write():
-            self._exact = {}
-            self._remember_exact(labels, np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension))
 
     def known_labels(self) -> set[int]:
         """Labels with a slot in the index, deleted ones included."""
@@ -229,8 +214,6 @@ class HnswIndex:
                     self._free_slots += 1
                 except RuntimeError:
                     pass  # not in the index (replayed twice, or never added): nothing to remove
-                if self._exact is not None and self._exact.pop(label, None) is not None:
-                    self._exact_matrix = None
             self.applied_seq = max(self.applied_seq, seq)
 
     def set_ef_search(self, ef_search: int) -> None:
@@ -259,9 +242,7 @@ class HnswIndex:
         return seq
 
     @classmethod
-    def load_checkpoint(
-        cls, directory: Path, *, dimension: int, metric: str, params: HnswParams, exact_max: int = DEFAULT_EXACT_MAX
-    ) -> HnswIndex | None:
+    def load_checkpoint(cls, directory: Path, *, dimension: int, metric: str, params: HnswParams) -> HnswIndex | None:
         """The newest readable checkpoint, or None."""
         if not directory.is_dir():
             return None
@@ -275,7 +256,7 @@ class HnswIndex:
             except Exception as exc:  # hnswlib raises RuntimeError or worse on damaged files
                 log.warning("index checkpoint %s is unreadable (%s); trying an older one", path, exc)
                 continue
-            return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq), exact_max=exact_max)
+            return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq))
         return None
 
     def reconcile_free_slots(self, live_count: int) -> None:
@@ -292,19 +273,17 @@ def open_index(
     metric: str,
     params: HnswParams,
     last_seq: int,
-    exact_max: int = DEFAULT_EXACT_MAX,
 ) -> HnswIndex:
     """Load the newest checkpoint and replay what came after it; rebuild from the rows if there is none.
 
     Call with no concurrent writes to the collection, and with `last_seq` read before the rows.
     """
     live_count = store.count_documents(collection_id)
-    index = HnswIndex.load_checkpoint(directory, dimension=dimension, metric=metric, params=params, exact_max=exact_max)
+    index = HnswIndex.load_checkpoint(directory, dimension=dimension, metric=metric, params=params)
     if index is None:
         if directory.exists() and any(directory.iterdir()):
             log.warning("rebuilding the index in %s from the database", directory)
-        # A rebuild replays every row, which also fills the exact-search mirror of a small collection.
-        index = HnswIndex(dimension=dimension, metric=metric, params=params, capacity=live_count, exact_max=exact_max)
+        index = HnswIndex(dimension=dimension, metric=metric, params=params, capacity=live_count)
         checkpoint = -1
     else:
         checkpoint = index.applied_seq
@@ -318,10 +297,6 @@ def open_index(
     if tombstones:
         index.delete(tombstones, seq=checkpoint)
     index.reconcile_free_slots(live_count)
-    if checkpoint >= 0 and live_count <= exact_max:
-        labels, blobs = store.all_vectors(collection_id)
-        vectors = np.stack([blob_to_vector(b) for b in blobs]) if blobs else np.empty((0, dimension), np.float32)
-        index.start_exact(labels, vectors)
     index.applied_seq = max(last_seq, checkpoint)
     if replayed or tombstones:
         log.info("index %s caught up: %d rows replayed, %d deletions", directory.name, replayed, len(tombstones))

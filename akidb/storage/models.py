@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -29,6 +30,8 @@ NAMING_CONVENTION = {
 }
 
 MAX_DOCUMENT_ID_LENGTH = 512
+# Documents' metadata: JSON text on SQLite, JSONB on PostgreSQL (binary, and what its JSON operators index).
+DocumentMetadata = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -70,7 +73,7 @@ class DocumentRow(Base):
     id: Mapped[str] = mapped_column(String(MAX_DOCUMENT_ID_LENGTH), primary_key=True)
     label: Mapped[int] = mapped_column(BigInteger)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", DocumentMetadata)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     seq: Mapped[int] = mapped_column(BigInteger)
 

@@ -21,12 +21,9 @@ from alembic.migration import MigrationContext
 from akidb.collections.documents import DocumentService
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
-from akidb.config import EmbeddingSettings
-from akidb.embedding.registry import default_registry
-from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.db import create_db_engine, downgrade, migrate
 from akidb.storage.models import Base
-from akidb.storage.repositories import Store
+from tests.services import Services, build_services
 
 
 def _pg_bin(name: str) -> str:
@@ -81,19 +78,13 @@ def test_migrations_on_postgres(postgres_url: str) -> None:
 def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp_path: Path) -> None:
     engine = create_db_engine(postgres_url)
     migrate(engine)
-    registry = default_registry()
 
     def services() -> tuple[CollectionService, DocumentService, SearchService]:
-        router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
-        collections = CollectionService(
-            Store(engine), registry, tmp_path / "indexes", default_model=router.default_model
-        )
-        collections.open_all()
-        return (
-            collections,
-            DocumentService(collections, router, max_documents=1000),
-            SearchService(collections, router, max_top_k=100),
-        )
+        built = build_services(engine, tmp_path / "indexes")
+        opened.append(built)
+        return built.collections, built.documents, built.search
+
+    opened: list[Services] = []
 
     async def scenario() -> None:
         collections, documents, search = services()
@@ -110,14 +101,14 @@ def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp
             "pg", [SimpleNamespace(id="d0", text="new", vector=[9, 9, 9, 9], metadata={})]
         )
         assert (replaced.inserted, replaced.updated) == (0, 1)
-        assert await documents.delete("pg", ["d1", "missing"]) == 1
+        assert await documents.delete("pg", ids=["d1", "missing"]) == 1
         hits = (await search.search("pg", vector=[9, 9, 9, 9], top_k=3)).hits
         assert hits[0].id == "d0"
         assert hits[0].distance == pytest.approx(0.0, abs=1e-5)
         assert (await collections.get("pg")).document_count == 29
         # Restart without a checkpoint: the index is rebuilt from PostgreSQL's rows.
         collections2, documents2, search2 = services()
-        assert collections2.handle("pg").index.live_count == 29
+        assert opened[-1].open_collections.get("pg").graph.live_count == 29
         found = await search2.search("pg", vector=vectors[5].tolist(), top_k=1)
         assert found.hits[0].id == "d5"
         stored = await documents2.get("pg", "d0", include_vector=True)
@@ -127,4 +118,6 @@ def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp
         await collections2.delete("pg")
 
     asyncio.run(scenario())
+    for built in opened:
+        built.close()
     engine.dispose()

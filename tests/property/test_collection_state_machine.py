@@ -1,6 +1,7 @@
 """Stateful property test of the collection services (Chroma-style): a model of every collection, checked after
-each step against real SQLite, real hnswlib and the mock embedding provider, across restarts that load a
-checkpoint and replay, or rebuild from the rows when the checkpoint is missing, stale or damaged."""
+each step against real SQLite, real hnswlib, the metadata mirror, the keyword index and the mock embedding
+provider, across restarts that load a checkpoint and replay, or rebuild from the rows when the checkpoint is
+missing, stale or damaged. Filtered searches, counts and deletes are checked against tests/filter_reference."""
 
 from __future__ import annotations
 
@@ -25,17 +26,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from akidb.collections.documents import DocumentService
-from akidb.collections.search import SearchService
-from akidb.collections.service import CollectionService
-from akidb.config import EmbeddingSettings
 from akidb.embedding.providers.mock import mock_vector
-from akidb.embedding.registry import default_registry
-from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import NotFound
+from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
-from akidb.storage.repositories import Store
+from tests.filter_reference import matches
 from tests.oracle import brute_distances
+from tests.services import build_services
 
 T = TypeVar("T")
 Vector = npt.NDArray[np.float32]
@@ -98,7 +95,20 @@ metadata_strategy: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.just({}),
     st.fixed_dictionaries({"n": st.integers(-5, 5)}),
     st.fixed_dictionaries({"tag": st.sampled_from(["a", "b", "ü"]), "ok": st.booleans()}),
+    st.fixed_dictionaries({"n": st.floats(-5, 5), "tags": st.lists(st.sampled_from(["a", "b", "c"]), max_size=3)}),
 )
+TAGS = st.sampled_from(["a", "b", "ü", "c"])
+filter_strategy: st.SearchStrategy[dict[str, Any]] = st.one_of(
+    st.builds(lambda n: {"n": {"$gte": n}}, st.integers(-5, 5)),
+    st.builds(lambda tag: {"tag": tag}, TAGS),
+    st.builds(lambda ok: {"ok": {"$ne": ok}}, st.booleans()),
+    st.builds(lambda tag: {"tags": {"$contains": tag}}, TAGS),
+    st.builds(lambda present: {"n": {"$exists": present}}, st.booleans()),
+    st.builds(lambda tag, n: {"$or": [{"tag": tag}, {"n": {"$lt": n}}]}, TAGS, st.integers(-5, 5)),
+    st.builds(lambda tags: {"$not": {"tag": {"$in": tags}}}, st.lists(TAGS, max_size=3)),
+)
+# Words of TEXT_POOL as a keyword query finds them ("note" and "about" are in every text).
+KEYWORDS = ["cats", "rust", "tea", "rain", "jazz", "maps", "note"]
 
 
 class CollectionMachine(RuleBasedStateMachine):
@@ -126,18 +136,17 @@ class CollectionMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def _build_services(self) -> None:
-        self.store = Store(self.engine)
-        registry = default_registry()
-        self.router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
-        self.collection_service = CollectionService(
-            self.store, registry, self.index_root, default_model=TEXT_MODEL, exact_search_max=self.EXACT_SEARCH_MAX
-        )
-        self.collection_service.open_all()
-        self.documents = DocumentService(self.collection_service, self.router, max_documents=100)
-        self.search_service = SearchService(self.collection_service, self.router, max_top_k=100)
+        self.services = build_services(self.engine, self.index_root, exact_search_max=self.EXACT_SEARCH_MAX)
+        self.store = self.services.store
+        self.collection_service = self.services.collections
+        self.documents = self.services.documents
+        self.search_service = self.services.search
+
+    def _open(self, name: str) -> OpenCollection:
+        return self.services.open_collections.get(name)
 
     def _close_services(self) -> None:
-        self.router.close()
+        self.services.close()
         self.engine.dispose()
 
     def teardown(self) -> None:
@@ -235,7 +244,7 @@ class CollectionMachine(RuleBasedStateMachine):
             ids = ["nope"]
         labels = [self._label(name, doc_id) for doc_id in ids if doc_id in coll.docs]
 
-        removed = self.run(self.documents.delete(name, ids))
+        removed = self.run(self.documents.delete(name, ids=ids))
 
         assert removed == len(labels)
         for doc_id in ids:
@@ -243,7 +252,7 @@ class CollectionMachine(RuleBasedStateMachine):
                 coll.deleted.add(doc_id)
         if coll.last_written not in coll.docs:
             coll.last_written = None
-        raw = self.collection_service.handle(name).index._index
+        raw = self._open(name).graph._index
         for label in labels:
             try:
                 raw.get_items([label])
@@ -273,15 +282,54 @@ class CollectionMachine(RuleBasedStateMachine):
         assert result.model == TEXT_MODEL
         self._check_search(coll, mock_vector(text, TEXT_DIM), top_k, result.hits)
 
+    @rule(name=collections, where=filter_strategy, top_k=st.integers(1, 10), data=st.data())
+    def search_filtered(self, name: str, where: dict[str, Any], top_k: int, data: st.DataObject) -> None:
+        coll = self.model[name]
+        passing = self._passing(coll, where)
+        query = data.draw(vector_strategy(coll.dimension), label="query")
+        result = self.run(self.search_service.search(name, vector=query.tolist(), top_k=top_k, filter=where))
+        self._check_search(coll, query, top_k, result.hits, among=passing)
+
+    @rule(name=collections, where=filter_strategy, dry_run=st.booleans(), with_ids=st.booleans())
+    def delete_by_filter(self, name: str, where: dict[str, Any], dry_run: bool, with_ids: bool) -> None:
+        coll = self.model[name]
+        ids = [*sorted(coll.docs)[::2], "nope"] if with_ids else None
+        doomed = [doc_id for doc_id in self._passing(coll, where) if ids is None or doc_id in ids]
+        assert self.run(self.documents.count(name, filter=where)) == len(self._passing(coll, where))
+
+        removed = self.run(self.documents.delete(name, ids=ids, filter=where, dry_run=dry_run))
+
+        assert removed == len(doomed)
+        if dry_run:
+            return
+        for doc_id in doomed:
+            del coll.docs[doc_id]
+            coll.deleted.add(doc_id)
+        if coll.last_written not in coll.docs:
+            coll.last_written = None
+
+    @rule(name=collections, word=st.sampled_from(KEYWORDS), top_k=st.integers(1, 20), where=st.none() | filter_strategy)
+    def search_keyword(self, name: str, word: str, top_k: int, where: dict[str, Any] | None) -> None:
+        coll = self.model[name]
+        among = set(self._passing(coll, where)) if where is not None else set(coll.docs)
+        having = {doc_id for doc_id in among if coll.docs[doc_id].text and word in coll.docs[doc_id].text.split()}
+        result = self.run(self.search_service.search(name, query=word, mode="keyword", top_k=top_k, filter=where))
+        ids = [hit.id for hit in result.hits]
+        assert len(ids) == len(set(ids)) == min(top_k, len(having)), (ids, sorted(having))
+        assert set(ids) <= having, f"{name}: keyword hits without the word {word!r}: {set(ids) - having}"
+        assert all(hit.distance is None for hit in result.hits)
+        scores = [hit.score for hit in result.hits]
+        assert scores == sorted(scores, reverse=True)
+
     @rule()
     def checkpoint(self) -> None:
-        self.collection_service.save_indexes()
+        self.services.open_collections.save_all()
         for name in self.model:
-            handle = self.collection_service.handle(name)
+            handle = self._open(name)
             files = sorted(p.name for p in handle.index_dir.glob("hnsw-*.bin"))
             last_seq = self.store.last_seq(handle.id)
             assert files == [f"hnsw-{last_seq:020d}.bin"]
-            assert not handle.index.dirty
+            assert not handle.graph.dirty
             assert self.store.tombstones_since(handle.id, -1) == []  # purged up to the checkpoint
 
     @rule()
@@ -293,7 +341,7 @@ class CollectionMachine(RuleBasedStateMachine):
     def restart(self, save: bool, damage: str) -> None:
         """Rebuild every service from the data directory, as a new process would."""
         if save:
-            self.collection_service.save_indexes()
+            self.services.open_collections.save_all()
         self._close_services()
         if damage != "none" and self.index_root.is_dir():
             for directory in self.index_root.iterdir():
@@ -314,9 +362,15 @@ class CollectionMachine(RuleBasedStateMachine):
 
     # --- checks -----------------------------------------------------------------------------------------
 
-    def _check_search(self, coll: ModelCollection, query: Vector, top_k: int, hits: list[Any]) -> None:
+    @staticmethod
+    def _passing(coll: ModelCollection, where: dict[str, Any]) -> list[str]:
+        return [doc_id for doc_id, doc in sorted(coll.docs.items()) if matches(where, doc.metadata)]
+
+    def _check_search(
+        self, coll: ModelCollection, query: Vector, top_k: int, hits: list[Any], among: list[str] | None = None
+    ) -> None:
         ids = [hit.id for hit in hits]
-        live = sorted(coll.docs)
+        live = sorted(coll.docs) if among is None else among
         assert len(ids) == len(set(ids)), f"duplicate ids in {ids}"
         assert set(ids) <= set(live), f"ids not live: {set(ids) - set(live)}"
         assert not set(ids) & coll.deleted, f"deleted ids returned: {set(ids) & coll.deleted}"
@@ -341,8 +395,10 @@ class CollectionMachine(RuleBasedStateMachine):
         good = sum(exact_of[doc_id] <= within for doc_id in ids)
         if len(ID_POOL) <= self.EXACT_SEARCH_MAX:
             # Collections this small are scanned exactly: nothing is excused.
-            assert self.collection_service.handle(coll.name).index.exact
             assert good == expected_count, f"exact search missed: {good} of {expected_count}"
+        if among is not None:
+            # A filter that leaves this few documents is always scanned exactly.
+            assert good == expected_count, f"filtered search missed: {good} of {expected_count}"
         if good < expected_count:
             # hnswlib can leave a live node with no incoming edge after updates and slot reuse; no ef finds
             # it. Such a miss says nothing about this search, so it is excused (and counted) -- but only
@@ -361,7 +417,7 @@ class CollectionMachine(RuleBasedStateMachine):
     def _reachable(self, coll: ModelCollection, doc_id: str) -> bool:
         """Can hnswlib's graph reach the document at all? Asked of the raw index with ef = every slot, so that
         the answer does not depend on the code under test."""
-        raw = self.collection_service.handle(coll.name).index._index
+        raw = self._open(coll.name).graph._index
         label = self._label(coll.name, doc_id)
         query = np.asarray(coll.docs[doc_id].vector, dtype=np.float32).reshape(1, -1)
         saved_ef = int(raw.ef)
@@ -393,8 +449,14 @@ class CollectionMachine(RuleBasedStateMachine):
         for name, coll in self.model.items():
             info = self.run(self.collection_service.get(name))
             assert info.document_count == len(coll.docs), f"{name}: {info.document_count} != {len(coll.docs)}"
-            handle = self.collection_service.handle(name)
-            assert handle.index.live_count == len(coll.docs), f"{name}: live_count {handle.index.live_count}"
+            handle = self._open(name)
+            assert handle.graph.live_count == len(coll.docs), f"{name}: live_count {handle.graph.live_count}"
+            assert handle.exact.count == handle.metadata.live_count == len(coll.docs)
+            texts = sum(doc.text is not None for doc in coll.docs.values())
+            assert handle.keyword.document_count == texts, f"{name}: {handle.keyword.document_count} texts indexed"
+            where = {"tag": "a"}
+            page = self.run(self.documents.find(name, filter=where, limit=1000))
+            assert [doc.id for doc in page.documents] == self._passing(coll, where)
             # A deterministic sample of ids: a few live, a few deleted.
             for doc_id in sorted(coll.docs)[::7][:4]:
                 record = self.run(self.documents.get(name, doc_id, include_vector=True))
@@ -415,8 +477,8 @@ class CollectionMachine(RuleBasedStateMachine):
         """The index's contents, read from hnswlib itself, so that no graph quirk can hide a wrong index:
         one slot per label, every live document's label live with its latest vector, every other label deleted."""
         for name, coll in self.model.items():
-            handle = self.collection_service.handle(name)
-            raw = handle.index._index
+            handle = self._open(name)
+            raw = handle.graph._index
             slots = [int(label) for label in raw.get_ids_list()]
             assert len(slots) == len(set(slots)) == int(raw.element_count), (
                 f"{name}: {raw.element_count} slots but {len(set(slots))} labels (a label in two slots?)"

@@ -1,117 +1,62 @@
-"""Small collections are searched exactly: the answers a user of a small collection rightly expects."""
+"""ExactVectors: every live vector in one packed matrix, searched exactly over all or a chosen subset."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from akidb.storage.db import create_db_engine, migrate
-from akidb.storage.index import HnswIndex, open_index
-from akidb.storage.repositories import HnswParams, NewDocument, Store
+from akidb.storage.exact import ExactVectors
 from tests.oracle import brute_distances
-
-PARAMS = HnswParams(m=16, ef_construction=200, ef_search=64)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
-@pytest.mark.parametrize("seed", range(12))
-def test_churn_never_hides_a_live_vector(metric: str, seed: int) -> None:
-    """Upserts, replacements and deletes of the kind that leave HNSW nodes unreachable (seen in ~3% of such
-    runs with graph search); with exact search every live vector finds itself and top-k is the exact top-k."""
+@pytest.mark.parametrize("seed", range(8))
+def test_churn_keeps_the_exact_top_k_over_all_and_over_subsets(metric: str, seed: int) -> None:
+    """Upserts, replacements and deletes (which move rows around); every search, over all vectors or over a
+    random subset of labels (some unknown), equals brute force over the live vectors."""
     rng = np.random.default_rng(seed)
     dim = int(rng.integers(4, 17))
-    index = HnswIndex(dimension=dim, metric=metric, params=PARAMS)
-    labels_of: dict[int, int] = {}
+    exact = ExactVectors(dimension=dim, metric=metric)
     live: dict[int, np.ndarray] = {}
     next_label = 0
-    for step in range(40):
+    for _ in range(40):
         if rng.random() < 0.6:
-            docs = rng.choice(48, size=int(rng.integers(1, 21)), replace=False)
-            vectors = rng.standard_normal((len(docs), dim)).astype(np.float32)
-            labels, is_new = [], []
-            for doc in docs:
-                if doc not in labels_of:
-                    labels_of[doc] = next_label
-                    next_label += 1
-                    is_new.append(True)
-                else:
-                    is_new.append(False)
-                labels.append(labels_of[doc])
-            index.upsert(labels, vectors, is_new=is_new, seq=step)
+            count = int(rng.integers(1, 21))
+            reuse = [label for label in live if rng.random() < 0.2][:count]
+            labels = reuse + list(range(next_label, next_label + count - len(reuse)))
+            next_label += count - len(reuse)
+            vectors = rng.standard_normal((len(labels), dim)).astype(np.float32)
+            exact.upsert(labels, vectors)
             live.update(zip(labels, vectors, strict=True))
         else:
-            gone = [labels_of.pop(doc) for doc in list(labels_of) if rng.random() < 0.4]
-            index.delete(gone, seq=step)
+            gone = [label for label in live if rng.random() < 0.4] + [next_label + 5]
+            exact.delete(gone)
             for label in gone:
-                live.pop(label)
-        assert index.exact
-        assert index.live_count == len(live)
+                live.pop(label, None)
+        assert exact.count == len(live)
         if not live:
+            assert exact.search(rng.standard_normal(dim).astype(np.float32), 5) == ([], [])
             continue
-        keys = list(live)
-        matrix = np.stack([live[key] for key in keys])
-        for label, vector in live.items():
-            found, distances = index.search(vector, 5)
-            exact = brute_distances(metric, vector, matrix)
-            assert len(found) == min(5, len(live))
-            np.testing.assert_allclose(distances, np.sort(exact)[: len(found)], rtol=1e-4, atol=1e-4)
-            if metric != "ip":  # under ip another vector can beat a vector's own score
-                assert found[0] == label or distances[0] <= 1e-5
+        query = rng.standard_normal(dim).astype(np.float32)
+        for subset in (None, [label for label in live if rng.random() < 0.5] + [next_label + 99]):
+            keys = list(live) if subset is None else [label for label in subset if label in live]
+            found, distances = exact.search(query, 5, None if subset is None else np.asarray(subset, np.int64))
+            assert len(found) == min(5, len(keys))
+            if not keys:
+                continue
+            brute = brute_distances(metric, query, np.stack([live[key] for key in keys]))
+            np.testing.assert_allclose(distances, np.sort(brute)[: len(found)], rtol=1e-4, atol=1e-4)
+            assert set(found) <= set(keys)
 
 
-def test_growing_past_the_threshold_hands_over_to_the_graph() -> None:
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((80, 8)).astype(np.float32)
-    index = HnswIndex(dimension=8, metric="l2", params=PARAMS, exact_max=50)
-    index.upsert(list(range(40)), vectors[:40], is_new=[True] * 40, seq=40)
-    assert index.exact
-    index.upsert(list(range(40, 80)), vectors[40:], is_new=[True] * 40, seq=80)
-    assert not index.exact
-    hits = sum(index.search(vectors[i], 1)[0][0] == i for i in range(80))
-    assert hits >= 76  # the graph now answers: approximate, but it still finds nearly every vector
+def test_equal_vectors_come_back_in_label_order() -> None:
+    exact = ExactVectors(dimension=3, metric="l2")
+    exact.upsert([7, 3, 5], np.ones((3, 3), np.float32))
+    assert exact.search(np.ones(3, np.float32), 3)[0] == [3, 5, 7]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    migrate(engine)
-    yield Store(engine)
-    engine.dispose()
-
-
-@pytest.mark.parametrize(("documents", "exact_max", "exact"), [(30, 50, True), (80, 50, False)])
-def test_reopening_from_a_checkpoint_decides_by_size(
-    store: Store, tmp_path: Path, documents: int, exact_max: int, exact: bool
-) -> None:
-    rng = np.random.default_rng(1)
-    record = store.create_collection(
-        name="c", embedding_model=None, dimension=8, metric="cosine", hnsw=PARAMS, metadata={}
-    )
-    vectors = rng.standard_normal((documents, 8)).astype(np.float32)
-    rows = [NewDocument(id=f"d{i}", text=None, metadata={}, vector=v) for i, v in enumerate(vectors)]
-    outcome = store.upsert_documents(record.id, rows)
-    directory = tmp_path / "index"
-    first = open_index(
-        store, record.id, directory, dimension=8, metric="cosine", params=PARAMS, last_seq=0, exact_max=exact_max
-    )
-    first.save(directory)
-    store.delete_documents(record.id, ["d0"])  # after the checkpoint: replayed as a tombstone
-    reopened = open_index(
-        store,
-        record.id,
-        directory,
-        dimension=8,
-        metric="cosine",
-        params=PARAMS,
-        last_seq=outcome.last_seq + 1,
-        exact_max=exact_max,
-    )
-    assert reopened.exact is exact
-    assert reopened.live_count == documents - 1
-    labels, distances = reopened.search(vectors[5], 3)
-    assert labels[0] == outcome.labels[5]
-    assert distances[0] == pytest.approx(0.0, abs=1e-5)
-    assert outcome.labels[0] not in reopened.search(vectors[0], documents)[0]
+def test_cosine_vectors_are_stored_at_unit_length() -> None:
+    exact = ExactVectors(dimension=2, metric="cosine")
+    exact.upsert([0], np.asarray([[3.0, 4.0]], np.float32))
+    np.testing.assert_allclose(exact.vectors_of([0, 1])[0], [0.6, 0.8], rtol=1e-6)
+    assert list(exact.vectors_of([0, 1])) == [0]

@@ -9,10 +9,13 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import (
+    CountRequest,
+    CountResponse,
     DeleteRequest,
     DeleteResponse,
     Document,
     DocumentList,
+    GetRequest,
     UpsertRequest,
     UpsertResponse,
     Usage,
@@ -74,8 +77,27 @@ class DocumentController(Controller):
     async def remove_one(self, name: FromPath[str], doc_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         await runtime.documents.delete_one(name, doc_id)
 
-    @post("/delete", status_code=200, responses=error_responses(404))
+    @post("/get", status_code=200, responses=error_responses(404, 422))
+    async def find(
+        self, name: FromPath[str], data: JSONBody[GetRequest], runtime: NamedDependency[Runtime]
+    ) -> DocumentList:
+        page = await runtime.documents.find(
+            name, ids=data.ids, filter=data.filter, limit=data.limit, cursor=data.cursor, include=data.include
+        )
+        include_vector = "vector" in data.include
+        return DocumentList(
+            documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
+        )
+
+    @post("/count", status_code=200, responses=error_responses(404, 422))
+    async def count(
+        self, name: FromPath[str], data: JSONBody[CountRequest], runtime: NamedDependency[Runtime]
+    ) -> CountResponse:
+        return CountResponse(count=await runtime.documents.count(name, filter=data.filter))
+
+    @post("/delete", status_code=200, responses=error_responses(404, 422))
     async def remove_many(
         self, name: FromPath[str], data: JSONBody[DeleteRequest], runtime: NamedDependency[Runtime]
     ) -> DeleteResponse:
-        return DeleteResponse(deleted=await runtime.documents.delete(name, data.ids))
+        deleted = await runtime.documents.delete(name, ids=data.ids, filter=data.filter, dry_run=data.dry_run)
+        return DeleteResponse(deleted=deleted, dry_run=data.dry_run)

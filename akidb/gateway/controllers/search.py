@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
+from akidb.collections.search import Fusion
 from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import SearchHit, SearchRequest, SearchResponse, Usage
@@ -25,6 +27,9 @@ class SearchController(Controller):
             top_k=data.top_k,
             ef_search=data.ef_search,
             include=data.include,
+            mode=data.mode,
+            filter=data.filter,
+            fusion=None if data.fusion is None else Fusion(**msgspec.structs.asdict(data.fusion)),
         )
         included = set(data.include)
         hits = [

@@ -1,0 +1,49 @@
+"""The collection services wired as the gateway wires them, on a given engine, for tests below HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from akidb.collections.documents import DocumentService
+from akidb.collections.search import SearchService
+from akidb.collections.service import CollectionService
+from akidb.config import EmbeddingSettings
+from akidb.embedding.registry import default_registry
+from akidb.embedding.router import EmbeddingRouter
+from akidb.storage.collection import OpenCollections
+from akidb.storage.repositories import Store
+
+
+@dataclass
+class Services:
+    store: Store
+    router: EmbeddingRouter
+    open_collections: OpenCollections
+    collections: CollectionService
+    documents: DocumentService
+    search: SearchService
+
+    def close(self) -> None:
+        self.open_collections.close()
+        self.router.close()
+
+
+def build_services(engine: Engine, index_root: Path, *, exact_search_max: int = 5000) -> Services:
+    """Services over the mock provider (deterministic vectors for the registry's models), every collection
+    opened from the database as a restart would."""
+    store = Store(engine)
+    registry = default_registry()
+    router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
+    open_collections = OpenCollections(store, index_root)
+    open_collections.open_all()
+    return Services(
+        store=store,
+        router=router,
+        open_collections=open_collections,
+        collections=CollectionService(store, open_collections, registry, default_model=router.default_model),
+        documents=DocumentService(store, open_collections, router, max_documents=1000),
+        search=SearchService(store, open_collections, router, max_top_k=1000, exact_search_max=exact_search_max),
+    )
