@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import msgspec
 import numpy as np
@@ -81,11 +82,11 @@ class Not(msgspec.Struct, frozen=True):
 FilterNode = Eq | Ne | Compare | In | Nin | Exists | Contains | And | Or | Not
 
 
-def _is_scalar(value: object) -> bool:
+def _is_scalar(value: object) -> TypeGuard[Scalar]:
     return value is None or isinstance(value, str | int | float)  # bool is an int
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -162,13 +163,13 @@ class _Parser:
             return out
         if not _is_scalar(value):
             raise self.fail(at, f"expected {_SCALAR} or an operator object ($in and $contains take arrays)")
-        return [self.node(Eq(path, value))]  # type: ignore[arg-type]
+        return [self.node(Eq(path, value))]
 
     def comparison(self, path: Path, op: str, operand: object, where: str) -> FilterNode:
         if op in _RANGE_OPERATORS:
             if not (_is_number(operand) or isinstance(operand, str)):
                 raise self.fail(where, "expected a number or a string")
-            return Compare(path, op, operand)  # type: ignore[arg-type]
+            return Compare(path, op, operand)
         if op in ("$in", "$nin"):
             if not isinstance(operand, list):
                 raise self.fail(where, "expected an array of scalars")
@@ -185,8 +186,7 @@ class _Parser:
             return Exists(path, operand)
         if not _is_scalar(operand):
             raise self.fail(where, f"expected {_SCALAR}")
-        value: Scalar = operand  # type: ignore[assignment]
-        return Eq(path, value) if op == "$eq" else Ne(path, value) if op == "$ne" else Contains(path, value)
+        return Eq(path, operand) if op == "$eq" else Ne(path, operand) if op == "$ne" else Contains(path, operand)
 
 
 def parse_filter(raw: object, *, field: str = "filter") -> FilterNode | None:

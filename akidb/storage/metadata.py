@@ -147,8 +147,35 @@ class _Column:
         return self.values.nbytes() + self.elements.nbytes() + strings + sys.getsizeof(self.codes)
 
 
-# Entries for one batch, per column: (pos, tag, val) lists for values and for array elements.
-_Buffers = dict[Path, tuple[list[int], list[int], list[float], list[int], list[int], list[float]]]
+class _Buffer:
+    """One batch's new entries for one column: (pos, tag, val) lists for values and for array elements."""
+
+    __slots__ = ("column", "ep", "et", "ev", "vp", "vt", "vv")
+
+    def __init__(self, column: _Column) -> None:
+        self.column = column
+        self.vp: list[int] = []
+        self.vt: list[int] = []
+        self.vv: list[float] = []
+        self.ep: list[int] = []
+        self.et: list[int] = []
+        self.ev: list[float] = []
+
+
+_Buffers = dict[Path, _Buffer]
+
+
+def _scalar(v: Any, column: _Column) -> tuple[int, float]:
+    """(tag, value) of a scalar; tag 0 for anything else."""
+    if isinstance(v, str):
+        return STRING, float(column.code(v))
+    if v is None:
+        return NULL, 0.0
+    if v is True or v is False:
+        return BOOL, float(v)
+    if isinstance(v, int | float):
+        return NUMBER, as_number(v)
+    return 0, 0.0
 
 
 class MetadataMirror:
@@ -196,11 +223,10 @@ class MetadataMirror:
                 self._pos_of_label[label] = p
                 self._pos_of_id[doc_id] = p
             self._n = end
-            for path, (vp, vt, vv, ep, et, ev) in buffers.items():
-                column = self._columns[path]
-                column.values.extend(vp, vt, vv)
-                if ep:
-                    column.elements.extend(ep, et, ev)
+            for buf in buffers.values():
+                buf.column.values.extend(buf.vp, buf.vt, buf.vv)
+                if buf.ep:
+                    buf.column.elements.extend(buf.ep, buf.et, buf.ev)
             self._maybe_compact()
 
     def delete(self, labels: Iterable[int]) -> None:
@@ -230,43 +256,38 @@ class MetadataMirror:
     def _flatten(self, obj: Mapping[str, Any], prefix: Path, p: int, out: _Buffers) -> None:
         for key, v in obj.items():
             path = (*prefix, key)
-            column = self._column(path)
             buf = out.get(path)
             if buf is None:
-                buf = out[path] = ([], [], [], [], [], [])
-            tag, val = self._scalar(v, column)
-            if tag == 0:
-                if isinstance(v, Mapping):
-                    tag, val = OBJECT, 0.0
-                    self._flatten(v, path, p, out)
-                elif isinstance(v, list | tuple):
-                    tag, val = ARRAY, 0.0
-                    for e in v:
-                        etag, eval_ = self._scalar(e, column)
-                        if etag:
-                            buf[3].append(p)
-                            buf[4].append(etag)
-                            buf[5].append(eval_)
-                        elif not isinstance(e, Mapping | list | tuple):
-                            raise TypeError(f"unsupported metadata value of type {type(e).__name__}")
-                else:
-                    raise TypeError(f"unsupported metadata value of type {type(v).__name__}")
-            buf[0].append(p)
-            buf[1].append(tag)
-            buf[2].append(val)
-
-    @staticmethod
-    def _scalar(v: Any, column: _Column) -> tuple[int, float]:
-        """(tag, value) of a scalar; tag 0 for anything else."""
-        if v is None:
-            return NULL, 0.0
-        if v is True or v is False:
-            return BOOL, float(v)
-        if isinstance(v, str):
-            return STRING, float(column.code(v))
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return NUMBER, as_number(v)
-        return 0, 0.0
+                buf = out[path] = _Buffer(self._column(path))
+            # The common exact types first: this loop is most of an upsert's cost.
+            t = type(v)
+            column = buf.column
+            if t is str:
+                tag, val = STRING, float(column.code(v))
+            elif t is float:
+                tag, val = NUMBER, v
+            elif t is int:
+                tag, val = NUMBER, as_number(v)
+            elif t is dict or (t is not list and isinstance(v, Mapping)):
+                tag, val = OBJECT, 0.0
+                self._flatten(v, path, p, out)
+            elif t is list or t is tuple:
+                tag, val = ARRAY, 0.0
+                for e in v:
+                    etag, eval_ = _scalar(e, column)
+                    if etag:
+                        buf.ep.append(p)
+                        buf.et.append(etag)
+                        buf.ev.append(eval_)
+                    elif not isinstance(e, Mapping | list | tuple):
+                        raise TypeError(f"unsupported metadata value of type {type(e).__name__}")
+            else:
+                tag, val = _scalar(v, column)
+                if not tag:
+                    raise TypeError(f"unsupported metadata value of type {t.__name__}")
+            buf.vp.append(p)
+            buf.vt.append(tag)
+            buf.vv.append(val)
 
     def _maybe_compact(self) -> None:
         if self._dead <= self._compact_min_dead or self._dead <= self._n - self._dead:
@@ -431,12 +452,9 @@ class MetadataMirror:
     def nbytes(self) -> int:
         """Estimated memory: the arrays, the id strings, the dictionaries and the columns' strings."""
         with self.reading():
-            total = self._alive.nbytes + self._label_at.nbytes + self._id_at.nbytes
-            total += sum(sys.getsizeof(i) for i in self._pos_of_id)
-            total += sys.getsizeof(self._pos_of_id) + sys.getsizeof(self._pos_of_label)
-            # Ints in the label dictionary (the position ints are mostly shared small objects or fresh).
-            total += 28 * 2 * len(self._pos_of_label) + 28 * len(self._pos_of_id)
-            total += sys.getsizeof(self._columns)
-            for path, column in self._columns.items():
-                total += column.nbytes() + sys.getsizeof(path)
+            total = self._alive.nbytes + self._label_at.nbytes + self._id_at.nbytes + sys.getsizeof(self._columns)
+            total += sum(sys.getsizeof(i) for i in self._pos_of_id)  # the id strings, shared with _id_at
+            # The two dictionaries, with an int object per label and one per position (shared by both).
+            total += sys.getsizeof(self._pos_of_id) + sys.getsizeof(self._pos_of_label) + 28 * 2 * len(self._pos_of_id)
+            total += sum(column.nbytes() + sys.getsizeof(path) for path, column in self._columns.items())
             return int(total)

@@ -23,13 +23,17 @@ DOCS = 300
 WORD = re.compile(r"[a-z0-9]+")
 # Paraphrases of SciFact abstracts in other words (checked below: the keyword side must not find them).
 PARAPHRASES = {
-    "103007": "how tall and how heavy British youngsters grow, charts by age",
-    "120626": "why being overweight stops the body responding to the sugar hormone",
-    "70490": "making diagnostic test odds easier to use at the bedside",
-    "275294": "sunshine on the skin and the making of the sunshine vitamin",
-    "308862": "how long to block male hormones when treating a gland tumour in men",
-    "79447": "small vessel behaviour in belly fat of very heavy people",
+    "103007": "how tall and how heavy youngsters grow in britain, plotted by birthday",
+    "120626": "why being overweight stops the body responding to the sugar-regulating signal",
+    "70490": "making the numbers behind a clinical exam outcome easier for doctors",
+    "275294": "sunshine on our outer layer and the making of calciferol",
+    "308862": "how many weeks to block male sex steroids when treating a gland tumour",
+    "79447": "tiny vessel behaviour in belly lard of very heavy people",
 }
+# Each side ranks this deep before fusion. The default (100) is 2% of SciFact's 5,183 abstracts; over the
+# 300 loaded here it would be a third of the corpus, where every document that both sides rank in the
+# middle outscores one side's first (1/61 < 2/(60 + 61)). 20 keeps the proportion of the whole corpus.
+CANDIDATES = 20
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def test_hybrid_finds_what_only_one_side_finds(server: AkidbServer, scifact: dic
     ]
     assert len(dense_only) >= 2, f"too few dense-only paraphrases: {dense_only}"
     for query, doc_id in keyword_only + dense_only:
-        hits = _search(server, query=query, mode="hybrid", top_k=10)
+        hits = _search(server, query=query, mode="hybrid", top_k=10, fusion={"candidates": CANDIDATES})
         assert doc_id in _ids(hits), f"hybrid missed {doc_id} for {query!r}"
         scores = [hit["score"] for hit in hits]
         assert scores == sorted(scores, reverse=True)

@@ -531,13 +531,17 @@ def test_delete_documents_by_ids(server: AkidbServer) -> None:
     assert document_count(api, name) == 4
 
     assert expect(api.post(f"/api/v1/collections/{name}/delete", json={"ids": ["a", "b", "missing"]}), 200) == {
-        "deleted": 2
+        "deleted": 2,
+        "dry_run": False,
     }
     assert document_count(api, name) == 2
     for gone in ("a", "b"):
         expect_error(api.get(f"/api/v1/collections/{name}/documents/{gone}"), 404)
         assert gone not in [hit["id"] for hit in search(api, name, vector=vectors[gone], top_k=10)]
-    assert expect(api.post(f"/api/v1/collections/{name}/delete", json={"ids": ["a"]}), 200) == {"deleted": 0}
+    assert expect(api.post(f"/api/v1/collections/{name}/delete", json={"ids": ["a"]}), 200) == {
+        "deleted": 0,
+        "dry_run": False,
+    }
     assert search(api, name, vector=vectors["c"], top_k=1)[0]["id"] == "c"
 
     assert expect(api.delete(f"/api/v1/collections/{name}/documents/c"), 204) is None

@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,45 +17,6 @@ from akidb.collections.service import CollectionService
 from akidb.storage.db import create_db_engine, downgrade, migrate
 from akidb.storage.models import Base
 from tests.services import Services, build_services
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or (
-        [shutil.which(name)] if shutil.which(name) else []
-    )
-    assert found, f"PostgreSQL server binaries ({name}) not found: apt-get install postgresql (.ci/run does)"
-    return str(found[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="akidb-pg-"))
-    root.chmod(0o755)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-    subprocess.run(
-        [*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "akidb"], check=True, capture_output=True
-    )
-    options = f"-c listen_addresses='' -k {root} -p {port} -c fsync=off"
-    subprocess.run(
-        [*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://akidb@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_migrations_on_postgres(postgres_url: str) -> None:
