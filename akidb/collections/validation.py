@@ -130,6 +130,10 @@ def prepare_documents(
             first_seen[doc.id] = position
         if doc.text is not None:
             check_text(doc.text, where=where, field=f"{field}.text")
+            if "\x00" in doc.text:
+                raise InvalidDocument(f"{where}: text contains a NUL character", extra={"field": f"{field}.text"})
+        if doc.metadata is not None:
+            _check_metadata(doc.metadata, where=where, field=f"{field}.metadata")
         vector = None
         if doc.vector is not None:
             vector = check_vector(
@@ -149,6 +153,22 @@ def prepare_documents(
             )
         prepared.append(PreparedDocument(doc.id, doc.text, dict(doc.metadata or {}), vector))
     return prepared
+
+
+def _check_metadata(value: Any, *, where: str, field: str) -> None:
+    """No NUL character in a key or string: PostgreSQL's JSONB and text refuse them, and every database
+    must take the same documents."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidDocument(f"{where}: {field} contains a NUL character", extra={"field": field})
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise InvalidDocument(f"{where}: a key of {field} contains a NUL character", extra={"field": field})
+            _check_metadata(item, where=where, field=f"{field}.{key}")
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            _check_metadata(item, where=where, field=f"{field}[{position}]")
 
 
 def check_top_k(top_k: int, max_top_k: int) -> None:

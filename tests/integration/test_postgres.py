@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,4 +75,54 @@ def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp
     asyncio.run(scenario())
     for built in opened:
         built.close()
+    engine.dispose()
+
+
+def test_metadata_becomes_jsonb_and_back_keeping_the_rows(postgres_url: str) -> None:
+    """0002 turns documents.metadata into JSONB on PostgreSQL with the rows intact, and its downgrade
+    turns it back into JSON."""
+    from sqlalchemy import text
+
+    engine = create_db_engine(postgres_url)
+    migrate(engine)
+    downgrade(engine, "base")  # other tests of this module share the database
+    migrate(engine, "0001_initial")
+    metadata = {"tenant": "t1", "year": 2024, "tags": ["a", "b"], "author": {"name": "ü"}, "none": None}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO collections (uid, name, embedding_model, dimension, metric, hnsw_m, "
+                "hnsw_ef_construction, hnsw_ef_search, metadata, last_seq, next_label, created_at, updated_at) "
+                "VALUES ('u', 'c', NULL, 2, 'l2', 16, 200, 64, '{}', 1, 1, now(), now())"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO documents (collection_id, id, label, text, metadata, vector, seq) "
+                "SELECT id, 'd', 0, NULL, CAST(:md AS json), '\\x00', 1 FROM collections"
+            ),
+            {"md": json.dumps(metadata)},
+        )
+
+    def column_type() -> str:
+        with engine.connect() as conn:
+            return str(
+                conn.execute(
+                    text(
+                        "SELECT data_type FROM information_schema.columns "
+                        "WHERE table_name = 'documents' AND column_name = 'metadata'"
+                    )
+                ).scalar_one()
+            )
+
+    assert column_type() == "json"
+    migrate(engine)
+    assert column_type() == "jsonb"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT metadata FROM documents")).scalar_one() == metadata
+        # JSONB answers JSON queries natively (what a future SQL-side filter could use).
+        assert conn.execute(text('SELECT metadata @> \'{"tags": ["b"]}\' FROM documents')).scalar_one() is True
+    downgrade(engine, "0001_initial")
+    assert column_type() == "json"
+    migrate(engine)
     engine.dispose()

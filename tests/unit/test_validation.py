@@ -100,3 +100,20 @@ def test_good_collection_names(name: str) -> None:
 def test_bad_collection_names(name: str) -> None:
     with pytest.raises(InvalidRequest):
         check_collection_name(name)
+
+
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        (Doc(text="a\x00b"), "documents[1].text"),
+        (Doc(vector=[1, 2, 3], metadata={"k": "a\x00"}), "documents[1].metadata.k"),
+        (Doc(vector=[1, 2, 3], metadata={"k": [1, {"j": "\x00"}]}), "documents[1].metadata.k[1].j"),
+        (Doc(vector=[1, 2, 3], metadata={"k\x00": 1}), "documents[1].metadata"),
+    ],
+)
+def test_nul_characters_are_rejected_on_every_database(doc: Doc, where: str) -> None:
+    """PostgreSQL refuses NUL in text and JSONB; SQLite would take it. One rule for both: a 422."""
+    with pytest.raises(InvalidDocument) as caught:
+        prepare([Doc(text="fine"), doc])
+    assert caught.value.extra["field"] == where
+    assert caught.value.detail.startswith("document 1:")
