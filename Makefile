@@ -37,6 +37,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.serving --backend onnx --quantization int8
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.quality
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.memory
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.filters
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
