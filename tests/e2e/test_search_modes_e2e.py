@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,13 +36,8 @@ CANDIDATES = 20
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AkidbServer]:
-    server = AkidbServer(tmp_path_factory.mktemp("akidb-modes"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+def server(akidb_server: AkidbServer) -> AkidbServer:
+    return akidb_server
 
 
 @pytest.fixture(scope="module")
