@@ -57,7 +57,7 @@ from akidb.storage.exact import ExactVectors
 from akidb.storage.index import HnswIndex
 from akidb.storage.keyword import KeywordIndex
 from akidb.storage.metadata import MetadataMirror
-from akidb.storage.repositories import CollectionRecord
+from akidb.storage.records import CollectionRecord
 from bench.serving import (
     CACHE,
     DATA,

@@ -20,7 +20,8 @@ from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
 from akidb.storage.collection import OpenCollection, OpenCollections
-from akidb.storage.repositories import DocumentRecord, NewDocument, Store
+from akidb.storage.records import DocumentRecord, NewDocument
+from akidb.storage.repositories import Store
 
 MAX_PAGE = 1000
 DOCUMENT_FIELDS = ("text", "metadata", "vector")

@@ -13,7 +13,8 @@ from akidb.collections.validation import METRICS, check_collection_name, check_e
 from akidb.embedding.registry import ModelRegistry
 from akidb.errors import DimensionMismatch, InvalidRequest
 from akidb.storage.collection import OpenCollections
-from akidb.storage.repositories import CollectionRecord, HnswParams, Store
+from akidb.storage.records import CollectionRecord, HnswParams
+from akidb.storage.repositories import Store
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
@@ -23,6 +23,18 @@ def request_structs() -> list[type[_In]]:
         found.append(cls)
         pending.extend(cls.__subclasses__())
     return found
+
+
+# Any JSON on the wire: the service parses the filter language (API.md, "Filters (metadata)") and names the
+# path of each problem in a 422, which a schema type could not.
+Filter = Annotated[
+    Any,
+    msgspec.Meta(
+        description="A metadata filter: paths (dots descend), $eq $ne $gt $gte $lt $lte $in $nin $exists "
+        "$contains, and $and $or $not",
+        examples=[{"tenant": "acme", "year": {"$gte": 2022}, "tags": {"$contains": "faq"}}],
+    ),
+]
 
 
 # --- collections ---
@@ -125,8 +137,7 @@ class DeleteRequest(_In):
     """At least one of ids or a non-empty filter; both: the documents among ids that pass the filter."""
 
     ids: list[str] | None = None
-    # Any JSON: the filter language is checked by the service, which names the path of each problem (422).
-    filter: Any = None
+    filter: Filter = None
     dry_run: bool = False
 
 
@@ -137,14 +148,14 @@ class DeleteResponse(_Out):
 
 class GetRequest(_In):
     ids: list[str] | None = None
-    filter: Any = None
+    filter: Filter = None
     limit: int = 100
     cursor: str | None = None
     include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
 
 
 class CountRequest(_In):
-    filter: Any = None
+    filter: Filter = None
 
 
 class CountResponse(_Out):
@@ -169,7 +180,7 @@ class SearchRequest(_In):
     ef_search: int | None = None
     include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
     mode: Literal["dense", "keyword", "hybrid"] = "dense"
-    filter: Any = None
+    filter: Filter = None
     fusion: FusionIn | None = None
 
 

@@ -20,14 +20,8 @@ from akidb.storage.exact import ExactVectors
 from akidb.storage.index import HnswIndex, open_index, remove_index_files
 from akidb.storage.keyword import KeywordIndex
 from akidb.storage.metadata import MetadataMirror
-from akidb.storage.repositories import (
-    CollectionRecord,
-    DeleteOutcome,
-    NewDocument,
-    Store,
-    UpsertOutcome,
-    blob_to_vector,
-)
+from akidb.storage.records import CollectionRecord, DeleteOutcome, NewDocument, UpsertOutcome, blob_to_vector
+from akidb.storage.repositories import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

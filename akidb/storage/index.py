@@ -18,7 +18,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from akidb.storage.repositories import HnswParams, Store, blob_to_vector
+from akidb.storage.records import HnswParams, blob_to_vector
+from akidb.storage.repositories import Store
 from akidb.storage.rwlock import RWLock
 
 log = logging.getLogger(__name__)

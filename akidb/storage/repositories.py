@@ -5,92 +5,32 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from akidb.errors import AlreadyExists, NotFound
 from akidb.storage.db import WRITE_OPTION
 from akidb.storage.models import CollectionRow, DocumentRow, TombstoneRow
-
-Vector = npt.NDArray[np.float32]
+from akidb.storage.records import (
+    CollectionRecord,
+    DeleteOutcome,
+    DocumentRecord,
+    HnswParams,
+    NewDocument,
+    StoredRow,
+    UpsertOutcome,
+    blob_to_vector,
+    vector_to_blob,
+)
 
 _collections = cast(Table, CollectionRow.__table__)
 _documents = cast(Table, DocumentRow.__table__)
 _tombstones = cast(Table, TombstoneRow.__table__)
 # Stay well under every database's limit on bound parameters.
 _CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class HnswParams:
-    m: int
-    ef_construction: int
-    ef_search: int
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionRecord:
-    id: int
-    uid: str
-    name: str
-    embedding_model: str | None
-    dimension: int
-    metric: str
-    hnsw: HnswParams
-    metadata: dict[str, Any]
-    last_seq: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentRecord:
-    id: str
-    label: int
-    text: str | None
-    metadata: dict[str, Any]
-    vector: Vector | None
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """One row as the in-memory structures need it when a collection is opened."""
-
-    label: int
-    id: str
-    text: str | None
-    metadata: dict[str, Any]
-    vector: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NewDocument:
-    id: str
-    text: str | None
-    metadata: dict[str, Any]
-    vector: Vector
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertOutcome:
-    labels: list[int]  # aligned with the input documents
-    is_new: list[bool]  # per document: inserted (True) or replaced (False)
-    inserted: int
-    updated: int
-    last_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteOutcome:
-    labels: list[int]
-    last_seq: int
 
 
 def _utc(value: datetime) -> datetime:
@@ -101,14 +41,6 @@ def _utc(value: datetime) -> datetime:
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def vector_to_blob(vector: Vector) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def blob_to_vector(blob: bytes) -> Vector:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 def _collection_record(row: Any) -> CollectionRecord:

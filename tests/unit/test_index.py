@@ -15,7 +15,8 @@ import pytest
 
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.index import HnswIndex, open_index
-from akidb.storage.repositories import HnswParams, NewDocument, Store
+from akidb.storage.records import HnswParams, NewDocument
+from akidb.storage.repositories import Store
 from tests.oracle import brute_distances
 
 PARAMS = HnswParams(m=16, ef_construction=200, ef_search=64)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from akidb.storage.index import HnswIndex
-from akidb.storage.repositories import HnswParams
+from akidb.storage.records import HnswParams
 
 
 def test_concurrent_searches_writes_and_saves_stay_consistent(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from akidb.errors import InvalidRequest
 from akidb.gateway.errors import error_responses
 from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
-from akidb.storage.repositories import HnswParams
+from akidb.storage.records import HnswParams
 
 
 def to_wire(info: CollectionInfo) -> Collection:

@@ -20,7 +20,7 @@ from akidb.gateway.schemas import (
     UpsertResponse,
     Usage,
 )
-from akidb.storage.repositories import DocumentRecord
+from akidb.storage.records import DocumentRecord
 
 
 def to_wire(record: DocumentRecord, include_vector: bool) -> Document:

@@ -1,0 +1,86 @@
+"""The plain records the storage layer hands upward (never ORM objects), and the vector blob format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class HnswParams:
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    id: int
+    uid: str
+    name: str
+    embedding_model: str | None
+    dimension: int
+    metric: str
+    hnsw: HnswParams
+    metadata: dict[str, Any]
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    id: str
+    label: int
+    text: str | None
+    metadata: dict[str, Any]
+    vector: Vector | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One row as the in-memory structures need it when a collection is opened."""
+
+    label: int
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    vector: Vector
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    labels: list[int]  # aligned with the input documents
+    is_new: list[bool]  # per document: inserted (True) or replaced (False)
+    inserted: int
+    updated: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    labels: list[int]
+    last_seq: int
+
+
+def vector_to_blob(vector: Vector) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> Vector:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
