@@ -95,7 +95,10 @@ class OpenCollection:
     def save(self, *, only_dirty: bool, store: Store) -> bool:
         """Checkpoint the graph (the one structure worth saving: the rest rebuild from rows in seconds)."""
         with self._write_lock:
-            if self.dropped or (only_dirty and not self.graph.dirty):
+            if self.dropped:
+                return False
+            self.keyword.flush()  # what an import queued, committed now rather than at the next search
+            if only_dirty and not self.graph.dirty:
                 return False
             seq = self.graph.save(self.index_dir)
             store.purge_tombstones(self.id, seq)
