@@ -259,6 +259,13 @@ def select(node: FilterNode | None, mirror: MetadataMirror, *, ids: Sequence[str
         return Selection(mirror.labels_at(mask), mirror.ids_at(mask))
 
 
+def labels(node: FilterNode, mirror: MetadataMirror) -> NDArray[np.int64]:
+    """The labels of the live documents passing `node`: what a search needs (building the id list of a
+    broad filter costs ~1 ms per 100,000 documents, for nothing)."""
+    with mirror.reading():
+        return mirror.labels_at(_mask(node, mirror, None))
+
+
 def count(node: FilterNode | None, mirror: MetadataMirror, *, ids: Sequence[str] | None = None) -> int:
     """How many documents `select` would return."""
     with mirror.reading():

@@ -26,9 +26,16 @@ Labels = npt.NDArray[np.int64]
 # Measured on this project's 2-core machine with 384 dimensions (bench/filters.py), in microseconds:
 # copying one row out of the exact matrix and scoring it, scoring one row in place, and one node visit of
 # a filtered HNSW walk (the Python filter call and a distance).
-GATHER_US_PER_FLOAT = 0.4 / 384
+GATHER_US_PER_FLOAT = 0.3 / 384
 SCAN_US_PER_FLOAT = 0.075 / 384
 FILTERED_VISIT_US = 2.0
+# A filtered walk makes about this many filter calls per ef / share (measured 2.4-2.6 at 6-10 % shares).
+FILTERED_VISITS_PER_EF = 2.5
+# It is chosen only when it should cost less than half the exact scan (its cost varies from query to query),
+# and it may run to this many times its expected calls (never past the scan's cost) before giving up: a
+# filter that shuns the query's neighbourhood then wastes a bounded walk before the scan.
+FILTERED_HEADROOM = 2.0
+FILTERED_BUDGET = 4.0
 # An unfiltered walk visits about 8 nodes per unit of ef (measured: 0.24 ms at ef 64, 100k x 384).
 GRAPH_US_PER_EF = 4.0
 # At or above this share of passing documents, an unfiltered walk over a wider top k is the cheaper graph plan.
@@ -83,13 +90,14 @@ def _plan(
     ef_search = max(ef or collection.graph.params.ef_search, k)
     if share >= OVERSAMPLE_MIN_SHARE:
         wide = min(total, math.ceil(k / share * OVERSAMPLE_FACTOR))
-        if GRAPH_US_PER_EF * max(ef_search, wide) >= exact_us:
+        if GRAPH_US_PER_EF * max(ef_search, wide) * FILTERED_HEADROOM >= exact_us:
             return _exact(collection, query, k, allowed)
         oversampled = _oversampled(collection, query, k, ef_search, allowed, wide, exact_us)
         return oversampled or _exact(collection, query, k, allowed)
-    budget = exact_us / FILTERED_VISIT_US
-    if ef_search / share >= budget:  # the expected walk costs more than the scan
+    expected_calls = FILTERED_VISITS_PER_EF * ef_search / share
+    if expected_calls * FILTERED_VISIT_US * FILTERED_HEADROOM >= exact_us:
         return _exact(collection, query, k, allowed)
+    budget = min(exact_us / FILTERED_VISIT_US, FILTERED_BUDGET * expected_calls)
     return _filtered(collection, query, k, ef_search, allowed, budget) or _exact(collection, query, k, allowed)
 
 
@@ -112,7 +120,7 @@ def _oversampled(
             kept = kept[:k]
             return DenseHits([label for label, _ in kept], [d for _, d in kept], plan="graph_oversampled")
         wide = min(total, wide * 4)
-        if GRAPH_US_PER_EF * max(ef, wide) >= exact_us:
+        if GRAPH_US_PER_EF * max(ef, wide) * FILTERED_HEADROOM >= exact_us:
             return None
 
 

@@ -149,7 +149,7 @@ class SearchService:
         depth = fusion.candidates or max(MIN_HYBRID_CANDIDATES, top_k)
 
         def rank() -> list[_Ranked]:
-            allowed = None if node is None else filters.select(node, handle.metadata).labels
+            allowed = None if node is None else filters.labels(node, handle.metadata)
             if mode == "keyword":
                 assert query is not None
                 return self._keyword(handle, query, top_k, allowed)

@@ -90,6 +90,8 @@ class KeywordIndex:
         replaced label is still removed)."""
         if not len(labels) == len(texts) == len(replaced):
             raise ValueError("labels, texts and replaced must have the same length")
+        if all(text is None for text in texts) and (self._docs_added == 0 or not any(replaced)):
+            return  # nothing to index or remove: a collection of bare vectors never starts a writer
         chars = docs = 0
         with self._queue() as writer:
             for label, text, was in zip(labels, texts, replaced, strict=True):
@@ -107,6 +109,8 @@ class KeywordIndex:
 
     def delete(self, labels: Sequence[int]) -> None:
         """Remove these labels' text; labels never indexed are ignored."""
+        if not labels or self._docs_added == 0:
+            return
         with self._queue() as writer:
             for label in labels:
                 writer.delete_documents_by_term(_LABEL, int(label))
