@@ -131,15 +131,6 @@ class ExactVectors:
         top = top[np.lexsort((found[top], distances[top]))]
         return found[top].tolist(), distances[top].astype(np.float64).tolist()
 
-    def vectors_of(self, labels: Sequence[int]) -> dict[int, Vector]:
-        """The stored (for cosine: unit-length) vectors of the live labels among these."""
-        with self._lock.read():
-            return {
-                label: self._matrix[self._row_of[label]].copy()
-                for label in labels
-                if 0 <= label < len(self._row_of) and self._row_of[label] >= 0
-            }
-
 
 def _distances(metric: str, matrix: Vector, query: Vector) -> npt.NDArray[np.float32]:
     if metric == "l2":

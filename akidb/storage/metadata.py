@@ -443,6 +443,356 @@ class MetadataMirror:
         get = self._pos_of_id.get
         return np.fromiter((p for i in ids if (p := get(i)) is not None), dtype=np.int64)
 
+    def nbytes(self) -> int:
+        return int(self.pos.nbytes + self.tag.nbytes + self.val.nbytes)
+
+
+class _Column:
+    __slots__ = ("codes", "elements", "order", "strings", "values")
+
+    def __init__(self) -> None:
+        self.values = _Table()
+        self.elements = _Table()
+        self.codes: dict[str, int] = {}
+        self.strings: list[str] = []
+        # (distinct strings sorted, rank of each code), built on the first string comparison after a change.
+        self.order: tuple[list[str], NDArray[np.int64]] | None = None
+
+    def code(self, s: str) -> int:
+        c = self.codes.get(s)
+        if c is None:
+            c = self.codes[s] = len(self.strings)
+            self.strings.append(s)
+            self.order = None
+        return c
+
+    def string_order(self) -> tuple[list[str], NDArray[np.int64]]:
+        order = self.order
+        if order is None:
+            # Readers may race to build this; each builds the same thing and the assignment is atomic.
+            by_rank = sorted(range(len(self.strings)), key=self.strings.__getitem__)
+            rank = np.empty(len(by_rank), dtype=np.int64)
+            rank[by_rank] = np.arange(len(by_rank))
+            order = self.order = ([self.strings[c] for c in by_rank], rank)
+        return order
+
+    def compact(self, alive: NDArray[np.bool_], new_pos: NDArray[np.int64]) -> None:
+        self.values.keep(alive, new_pos)
+        self.elements.keep(alive, new_pos)
+        tables = (self.values, self.elements)
+        used = np.unique(np.concatenate([t.val[: t.n][t.tag[: t.n] == STRING] for t in tables])).astype(np.int64)
+        if len(used) == len(self.strings):
+            return
+        remap = np.full(len(self.strings), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        for t in tables:
+            is_str = t.tag[: t.n] == STRING
+            t.val[: t.n][is_str] = remap[t.val[: t.n][is_str].astype(np.int64)]
+        self.strings = [self.strings[c] for c in used.tolist()]
+        self.codes = {s: i for i, s in enumerate(self.strings)}
+        self.order = None
+
+    def nbytes(self) -> int:
+        strings = sum(sys.getsizeof(s) for s in self.strings)
+        return self.values.nbytes() + self.elements.nbytes() + strings + sys.getsizeof(self.codes)
+
+
+class _Buffer:
+    """One batch's new entries for one column: (pos, tag, val) lists for values and for array elements."""
+
+    __slots__ = ("column", "ep", "et", "ev", "vp", "vt", "vv")
+
+    def __init__(self, column: _Column) -> None:
+        self.column = column
+        self.vp: list[int] = []
+        self.vt: list[int] = []
+        self.vv: list[float] = []
+        self.ep: list[int] = []
+        self.et: list[int] = []
+        self.ev: list[float] = []
+
+
+_Buffers = dict[Path, _Buffer]
+
+
+def _scalar(v: Any, column: _Column) -> tuple[int, float]:
+    """(tag, value) of a scalar; tag 0 for anything else."""
+    if isinstance(v, str):
+        return STRING, float(column.code(v))
+    if v is None:
+        return NULL, 0.0
+    if v is True or v is False:
+        return BOOL, float(v)
+    if isinstance(v, int | float):
+        return NUMBER, as_number(v)
+    return 0, 0.0
+
+
+class MetadataMirror:
+    """Every live document's label, id and metadata. Writes come one at a time (the caller holds the
+    collection's write lock); searches read concurrently inside `reading()`."""
+
+    def __init__(self, *, compact_min_dead: int = DEFAULT_COMPACT_MIN_DEAD) -> None:
+        self._lock = RWLock()
+        self._local = threading.local()
+        self._compact_min_dead = compact_min_dead
+        self._n = 0
+        self._dead = 0
+        self._alive: NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+        self._label_at: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._id_at: NDArray[np.object_] = np.empty(0, dtype=object)
+        self._pos_of_label: dict[int, int] = {}
+        self._pos_of_id: dict[str, int] = {}
+        self._columns: dict[Path, _Column] = {}
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def upsert(self, labels: Sequence[int], ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace documents; a label or an id already present replaces that document."""
+        if not len(labels) == len(ids) == len(metadatas):
+            raise ValueError("labels, ids and metadatas differ in length")
+        with self._lock.write():
+            start = self._n
+            buffers: _Buffers = {}
+            # Flatten first: a value of an unsupported type raises before anything changes.
+            for i, meta in enumerate(metadatas):
+                self._flatten(meta, (), start + i, buffers)
+            end = start + len(labels)
+            self._alive = _grown(self._alive, end, False)
+            self._label_at = _grown(self._label_at, end)
+            self._id_at = _grown(self._id_at, end, None)
+            for i, (label, doc_id) in enumerate(zip(labels, ids, strict=True)):
+                label = int(label)
+                for old in (self._pos_of_label.get(label), self._pos_of_id.get(doc_id)):
+                    if old is not None and self._alive[old]:
+                        self._kill(old)
+                p = start + i
+                self._alive[p] = True
+                self._label_at[p] = label
+                self._id_at[p] = doc_id
+                self._pos_of_label[label] = p
+                self._pos_of_id[doc_id] = p
+            self._n = end
+            for buf in buffers.values():
+                buf.column.values.extend(buf.vp, buf.vt, buf.vv)
+                if buf.ep:
+                    buf.column.elements.extend(buf.ep, buf.et, buf.ev)
+            self._maybe_compact()
+
+    def delete(self, labels: Iterable[int]) -> None:
+        """Remove documents by label; unknown labels are ignored."""
+        with self._lock.write():
+            for label in labels:
+                p = self._pos_of_label.get(int(label))
+                if p is not None:
+                    self._kill(p)
+            self._maybe_compact()
+
+    def _kill(self, p: int) -> None:
+        self._alive[p] = False
+        self._dead += 1
+        label, doc_id = int(self._label_at[p]), self._id_at[p]
+        if self._pos_of_label.get(label) == p:
+            del self._pos_of_label[label]
+        if self._pos_of_id.get(doc_id) == p:
+            del self._pos_of_id[doc_id]
+
+    def _column(self, path: Path) -> _Column:
+        column = self._columns.get(path)
+        if column is None:
+            column = self._columns[path] = _Column()
+        return column
+
+    def _flatten(self, obj: Mapping[str, Any], prefix: Path, p: int, out: _Buffers) -> None:
+        for key, v in obj.items():
+            path = (*prefix, key)
+            buf = out.get(path)
+            if buf is None:
+                buf = out[path] = _Buffer(self._column(path))
+            # The common exact types first: this loop is most of an upsert's cost.
+            t = type(v)
+            column = buf.column
+            if t is str:
+                tag, val = STRING, float(column.code(v))
+            elif t is float:
+                tag, val = NUMBER, v
+            elif t is int:
+                tag, val = NUMBER, as_number(v)
+            elif t is dict or (t is not list and isinstance(v, Mapping)):
+                tag, val = OBJECT, 0.0
+                self._flatten(v, path, p, out)
+            elif t is list or t is tuple:
+                tag, val = ARRAY, 0.0
+                for e in v:
+                    etag, eval_ = _scalar(e, column)
+                    if etag:
+                        buf.ep.append(p)
+                        buf.et.append(etag)
+                        buf.ev.append(eval_)
+                    elif not isinstance(e, Mapping | list | tuple):
+                        raise TypeError(f"unsupported metadata value of type {type(e).__name__}")
+            else:
+                tag, val = _scalar(v, column)
+                if not tag:
+                    raise TypeError(f"unsupported metadata value of type {t.__name__}")
+            buf.vp.append(p)
+            buf.vt.append(tag)
+            buf.vv.append(val)
+
+    def _maybe_compact(self) -> None:
+        if self._dead <= self._compact_min_dead or self._dead <= self._n - self._dead:
+            return
+        alive = self._alive[: self._n]
+        new_pos = np.cumsum(alive, dtype=np.int64) - 1
+        for path, column in list(self._columns.items()):
+            column.compact(alive, new_pos)
+            if column.values.n == 0:
+                del self._columns[path]
+        self._label_at = self._label_at[: self._n][alive]
+        self._id_at = self._id_at[: self._n][alive]
+        self._n = len(self._label_at)
+        self._alive = np.ones(self._n, dtype=np.bool_)
+        self._dead = 0
+        self._pos_of_label = {label: p for p, label in enumerate(self._label_at.tolist())}
+        self._pos_of_id = {doc_id: p for p, doc_id in enumerate(self._id_at.tolist())}
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Hold the read lock (re-entrant within a thread) while calling the primitives below; a thread
+        must not write while it holds it."""
+        return self._reading()
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        depth: int = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with self._lock.read():
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+
+    @property
+    def live_count(self) -> int:
+        return len(self._pos_of_id)
+
+    @property
+    def position_count(self) -> int:
+        """Length of every mask (live and dead positions)."""
+        return self._n
+
+    def alive(self) -> NDArray[np.bool_]:
+        """A fresh copy: callers may modify it in place."""
+        return self._alive[: self._n].copy()
+
+    def _none(self) -> NDArray[np.bool_]:
+        return np.zeros(self._n, dtype=np.bool_)
+
+    def _mask(self, table: _Table, sel: NDArray[np.bool_] | None) -> NDArray[np.bool_]:
+        """The positions of the selected entries (all entries when `sel` is None) as a mask."""
+        mask = self._none()
+        if table.identity:
+            mask[: table.n] = True if sel is None else sel
+        else:
+            pos = table.pos[: table.n]
+            mask[pos if sel is None else pos[sel]] = True
+        return mask
+
+    def _match(self, path: Path, value: Scalar, *, elements: bool) -> NDArray[np.bool_]:
+        column = self._columns.get(path)
+        if column is None:
+            return self._none()
+        table = column.elements if elements else column.values
+        tag, val = table.tag[: table.n], table.val[: table.n]
+        if value is None:
+            sel = tag == NULL
+        elif value is True or value is False:
+            sel = (tag == BOOL) & (val == float(value))
+        elif isinstance(value, str):
+            code = column.codes.get(value)
+            if code is None:
+                return self._none()
+            sel = (tag == STRING) & (val == code)
+        else:
+            sel = (tag == NUMBER) & (val == as_number(value))
+        return self._mask(table, sel)
+
+    def equals(self, path: Path, value: Scalar) -> NDArray[np.bool_]:
+        """Typed equality: 1 == 1.0, True != 1, None matches a present null; an array never equals a scalar."""
+        return self._match(path, value, elements=False)
+
+    def contains(self, path: Path, value: Scalar) -> NDArray[np.bool_]:
+        """The field is an array holding this scalar (typed as in `equals`)."""
+        return self._match(path, value, elements=True)
+
+    def compare(self, path: Path, op: str, value: int | float | str) -> NDArray[np.bool_]:
+        """op in $gt $gte $lt $lte: numbers against numbers, strings against strings (by code point)."""
+        if op not in _COMPARE_OPS:
+            raise ValueError(f"unknown comparison {op!r}")
+        column = self._columns.get(path)
+        if column is None or isinstance(value, bool):
+            return self._none()
+        table = column.values
+        if isinstance(value, str):
+            strings, rank = column.string_order()
+            # Distinct strings ranked left..right-1 equal `value`; those below are smaller, those above larger.
+            left, right = bisect.bisect_left(strings, value), bisect.bisect_right(strings, value)
+            bound = {"$gt": right, "$gte": left, "$lt": left, "$lte": right}[op]
+            ok = rank >= bound if op in ("$gt", "$gte") else rank < bound
+            # One extra False at the end, for the code -1 of entries that are not strings.
+            return self._mask(table, np.append(ok, False)[table.codes()])
+        tag, val = table.tag[: table.n], table.val[: table.n]
+        cmp = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}[op]
+        return self._mask(table, (tag == NUMBER) & cmp(val, as_number(value)))
+
+    def isin(self, path: Path, values: Sequence[Scalar]) -> NDArray[np.bool_]:
+        """Equality with any of `values` (typed as in `equals`)."""
+        column = self._columns.get(path)
+        if column is None or not values:
+            return self._none()
+        table = column.values
+        tag, val = table.tag[: table.n], table.val[: table.n]
+        numbers = [as_number(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        bools = [float(v) for v in values if v is True or v is False]
+        codes = [c for v in values if isinstance(v, str) and (c := column.codes.get(v)) is not None]
+        sel = np.zeros(table.n, dtype=np.bool_)
+        for kind, wanted in ((NUMBER, numbers), (BOOL, bools)):
+            if wanted:
+                sel |= (tag == kind) & np.isin(val, np.asarray(wanted, dtype=np.float64))
+        if codes:
+            # A lookup table over the column's dictionary (plus a False for -1): one gather for any number of strings.
+            hit = np.zeros(len(column.strings) + 1, dtype=np.bool_)
+            hit[codes] = True
+            sel |= hit[table.codes()]
+        if any(v is None for v in values):
+            sel |= tag == NULL
+        return self._mask(table, sel)
+
+    def exists(self, path: Path) -> NDArray[np.bool_]:
+        """The path is present (null included)."""
+        column = self._columns.get(path)
+        return self._none() if column is None else self._mask(column.values, None)
+
+    def labels_at(self, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        return self._label_at[: self._n][mask]
+
+    def ids_at(self, mask: NDArray[np.bool_]) -> list[str]:
+        ids: list[str] = self._id_at[: self._n][mask].tolist()
+        return ids
+
+    def positions_of_ids(self, ids: Sequence[str]) -> NDArray[np.int64]:
+        """Positions of the live documents with these ids; unknown ids are skipped."""
+        get = self._pos_of_id.get
+        return np.fromiter((p for i in ids if (p := get(i)) is not None), dtype=np.int64)
+
     def labels_of_ids(self, ids: Sequence[str]) -> dict[str, int]:
         """Label of each known id (unknown ids are left out)."""
         with self.reading():

@@ -53,10 +53,3 @@ def test_equal_vectors_come_back_in_label_order() -> None:
     exact = ExactVectors(dimension=3, metric="l2")
     exact.upsert([7, 3, 5], np.ones((3, 3), np.float32))
     assert exact.search(np.ones(3, np.float32), 3)[0] == [3, 5, 7]
-
-
-def test_cosine_vectors_are_stored_at_unit_length() -> None:
-    exact = ExactVectors(dimension=2, metric="cosine")
-    exact.upsert([0], np.asarray([[3.0, 4.0]], np.float32))
-    np.testing.assert_allclose(exact.vectors_of([0, 1])[0], [0.6, 0.8], rtol=1e-6)
-    assert list(exact.vectors_of([0, 1])) == [0]
