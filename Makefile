@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
-HOST ?= 127.0.0.1
-PORT ?= 8080
+# HOST and PORT are passed to `akidb serve` only when given (make serve PORT=9000), so that AKIDB_SERVER_*
+# settings from the environment or akidb.toml are not overridden by flags.
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/akidb serve --host $(HOST) --port $(PORT)
+	$(BIN)/akidb serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check akidb tests bench
 	$(BIN)/ruff format --check akidb tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -38,6 +39,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.quality
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.memory
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.filters
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.auth
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

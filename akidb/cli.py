@@ -1,11 +1,14 @@
-"""akidb serve | migrate | models."""
+"""akidb serve | migrate | models | keys."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     models_commands = models.add_subparsers(dest="models_command")
     pull = models_commands.add_parser("pull", help="download a model into the Hugging Face cache (needs network)")
     pull.add_argument("model_id")
+    keys = commands.add_parser("keys", help="manage API keys in the database (for operators)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = with_config(keys_commands.add_parser("create", help="make a key and print it (the only time it is shown)"))
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=["read", "write", "admin"])
+    create.add_argument("--collections", help="comma-separated collection names or globs (default: all)")
+    create.add_argument("--expires-in", help="lifetime such as 3600s, 90m, 12h or 30d (default: never)")
+    with_config(keys_commands.add_parser("list", help="list keys (never their secrets)"))
+    revoke = with_config(
+        keys_commands.add_parser("revoke", help="revoke a key by id; every server refuses it within a second")
+    )
+    revoke.add_argument("key_id")
     return parser
 
 
@@ -52,13 +67,49 @@ def _prepare_data_dir(settings: Settings) -> None:
         raise ConfigError(f"config: `storage.data_dir` {data_dir} cannot be used as a folder ({exc.strerror})") from exc
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unsafe_start(settings: Settings) -> str | None:
+    """Why serving as configured would expose every collection to anyone, or None."""
+    auth, host = settings.auth, settings.server.host
+    if auth.enabled or auth.allow_anonymous or _is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host} with auth off (anyone who reaches the port could read and change every "
+        "collection): turn it on with AKIDB_AUTH_ENABLED=true and AKIDB_AUTH_ADMIN_KEY=<key> ([auth] in "
+        "akidb.toml), or accept the risk with auth.allow_anonymous = true"
+    )
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
     from akidb.gateway.app import create_app
     from akidb.gateway.runtime import Runtime
+    from akidb.storage.db import migrate
 
+    problem = _unsafe_start(settings)
+    if problem:
+        print(f"akidb: {problem}", file=sys.stderr)
+        return 2
     runtime = Runtime.build(settings)
+    if settings.auth.enabled:
+        migrate(runtime.store.engine)
+        if not runtime.keys.has_usable_key():
+            print(
+                "akidb: auth is on but no key can be used: set auth.admin_key (AKIDB_AUTH_ADMIN_KEY, the key or "
+                "sha256:<hex> of it), or make one with `akidb keys create --name admin --role admin`",
+                file=sys.stderr,
+            )
+            return 2
+    tls = settings.server.tls_cert_file
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, runtime),
@@ -67,6 +118,8 @@ def _serve(settings: Settings) -> int:
             log_level=settings.server.log_level,
             access_log=settings.server.access_log,
             timeout_graceful_shutdown=10,
+            ssl_certfile=tls or None,
+            ssl_keyfile=settings.server.tls_key_file or None,
         )
     )
 
@@ -91,10 +144,10 @@ def _migrate(settings: Settings) -> None:
 
 
 def _models(settings: Settings, args: argparse.Namespace) -> None:
-    from akidb.config import build_registry
+    from akidb.embedding.registry import registry_from_settings
     from akidb.embedding.sources import download_model, find_model_files
 
-    registry = build_registry(settings.embedding)
+    registry = registry_from_settings(settings.embedding)
     if args.models_command == "pull":
         print(f"{args.model_id}: {download_model(registry.get(args.model_id))}")
         return
@@ -105,24 +158,85 @@ def _models(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{spec.id:<24} {spec.dimension:>5} {spec.pooling:<11} {default:<8} {path or '-'}")
 
 
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _expiry(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    match = _DURATION_RE.match(text.strip())
+    if not match:
+        raise ConfigError(f"--expires-in: '{text}' is not a duration such as 3600s, 90m, 12h or 30d")
+    return datetime.now(UTC) + timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from akidb.auth.service import KeyService
+    from akidb.errors import AkidbError
+    from akidb.storage.db import create_db_engine, migrate
+    from akidb.storage.keys import KeyStore
+
+    engine = create_db_engine(settings.storage.resolved_url)
+    try:
+        migrate(engine)
+        keys = KeyService(KeyStore(engine))
+        if args.keys_command == "create":
+            scope = [item.strip() for item in args.collections.split(",")] if args.collections else None
+            created = keys.create(
+                name=args.name, role=args.role, collections=scope, expires_at=_expiry(args.expires_in)
+            )
+            print(f"id: {created.record.id}")
+            print(f"key: {created.key}")
+            print("(the key is shown this once; only its hash is stored)", file=sys.stderr)
+        elif args.keys_command == "list":
+            print(f"{'id':<16} {'name':<24} {'role':<6} {'collections':<24} {'expires_at':<26} revoked_at")
+            for record in keys.list():
+                shown = ",".join(record.collections) if record.collections is not None else "*"
+                expires = record.expires_at.isoformat() if record.expires_at else "-"
+                revoked = record.revoked_at.isoformat() if record.revoked_at else "-"
+                print(f"{record.id:<16} {record.name:<24} {record.role:<6} {shown:<24} {expires:<26} {revoked}")
+        else:
+            record = keys.revoke(args.key_id)
+            print(f"revoked {record.id} ({record.name})")
+    except AkidbError as exc:
+        print(f"akidb: {exc.detail}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from akidb.auth.keys import valid_admin_key_setting
+    from akidb.embedding.registry import registry_from_settings
+
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        if args.command in {"serve", "migrate"}:
+        registry_from_settings(settings.embedding)
+        if settings.auth.admin_key and not valid_admin_key_setting(settings.auth.admin_key):
+            raise ConfigError("config: `auth.admin_key` must be at least 16 characters, or sha256:<64 hex digits>")
+        if args.command in {"serve", "migrate", "keys"}:
             _prepare_data_dir(settings)
+        if args.command == "keys":
+            _expiry(getattr(args, "expires_in", None))
     except ConfigError as exc:
         print(f"akidb: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic narrates each migration at INFO; start-up refusals and CLI output stay one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(settings)
     elif args.command == "migrate":
         _migrate(settings)
     elif args.command == "models":
         _models(settings, args)
+    elif args.command == "keys":
+        return _keys(settings, args)
     return 0
 
 

@@ -6,14 +6,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from akidb.errors import ConfigError
-
-if TYPE_CHECKING:
-    from akidb.embedding.registry import ModelRegistry
 
 # auto: MLX on Apple silicon, torch where CUDA is, ONNX Runtime on other CPUs (see router.detect_backends).
 ProviderName = Literal["auto", "torch", "onnx", "mlx", "mock", "user_provided"]
@@ -28,11 +25,46 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_documents_per_upsert: int = 1000
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_top_k: int = 1000
     # One log line per request; off by default, since /metrics counts requests by route and status.
     access_log: bool = False
+    # HTTPS: both files (PEM) given, uvicorn serves TLS; neither, plain HTTP.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Origins a browser may call the API from (CORS); empty: no CORS headers at all. ["*"] allows any.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+
+
+class LimitsSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What one request may ask for; each is checked before any embedding work, with a 413 or 422 that
+    names the limit."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_documents_per_upsert: int = 1000
+    max_inputs_per_embed: int = 2048
+    # Per text (documents, queries, embed inputs): tokenizing a 50 MB string would pin a worker. Texts under
+    # the cap but longer than the model's window are still truncated to it, as before.
+    max_text_chars: int = 100_000
+    max_top_k: int = 1000
+    # ids per get and delete request.
+    max_ids_per_request: int = 10_000
+    # The filter language: nesting depth, nodes in all, values in one $in / $nin.
+    max_filter_depth: int = 10
+    max_filter_nodes: int = 1000
+    max_filter_values: int = 10_000
+
+
+class AuthSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    # The bootstrap admin key: the key itself, or "sha256:<hex>" of it so that a secrets file need not
+    # hold the key. Keys made with POST /api/v1/keys or `akidb keys create` live in the database.
+    admin_key: str = ""
+    # Serving on a non-loopback address with auth off refuses to start unless this accepts the risk.
+    allow_anonymous: bool = False
+    # /metrics without a key (Prometheus can also send one: bearer_token_file in its scrape config).
+    public_metrics: bool = False
+    # How long a checked key is trusted before the database is asked again: a revocation made by any
+    # process takes effect everywhere within this time.
+    key_cache_ms: float = 500.0
 
 
 class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -133,12 +165,16 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
 
 _SECTIONS: dict[str, type[_Section]] = {
     "server": ServerSettings,
     "storage": StorageSettings,
     "embedding": EmbeddingSettings,
+    "limits": LimitsSettings,
+    "auth": AuthSettings,
 }
 _ENV_PREFIX = "AKIDB_"
 # Environment variables with the prefix that are not settings keys.
@@ -168,8 +204,14 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
+def _is_list_setting(section: str, key: str) -> bool:
+    fields = {field.name: field.type for field in msgspec.structs.fields(_SECTIONS[section])}
+    return getattr(fields.get(key), "__origin__", None) is list
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """AKIDB_<SECTION>_<KEY> values; a list setting takes comma-separated items (or a JSON array)."""
+    out: dict[str, dict[str, Any]] = {}
     for name, value in sorted(environ.items()):
         if not name.startswith(_ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
@@ -178,7 +220,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         if section not in _SECTIONS or not key:
             raise ConfigError(f"{name}: unknown setting (sections are {', '.join(_SECTIONS)})")
         section, key = _ENV_SYNONYMS.get((section, key), (section, key))
-        out.setdefault(section, {})[key] = value
+        parsed: Any = value
+        if _is_list_setting(section, key):
+            try:
+                parsed = msgspec.json.decode(value) if value.lstrip().startswith("[") else None
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"{name}: not a JSON array ({exc})") from exc
+            if parsed is None:
+                parsed = [item.strip() for item in value.split(",") if item.strip()]
+        out.setdefault(section, {})[key] = parsed
     return out
 
 
@@ -245,12 +295,17 @@ def load_settings(
 
 
 def _check_semantics(settings: Settings) -> None:
-    from akidb.embedding.registry import default_registry
-
+    """Rules on single values; which model ids exist is the registry's to say
+    (akidb.embedding.registry.registry_from_settings)."""
     if settings.server.port < 0 or settings.server.port > 65535:
         raise ConfigError("config: `server.port` must be between 0 and 65535")
-    if settings.server.max_documents_per_upsert < 1:
-        raise ConfigError("config: `server.max_documents_per_upsert` must be at least 1")
+    for limit in msgspec.structs.fields(LimitsSettings):
+        if getattr(settings.limits, limit.name) < 1:
+            raise ConfigError(f"config: `limits.{limit.name}` must be at least 1")
+    if bool(settings.server.tls_cert_file) != bool(settings.server.tls_key_file):
+        raise ConfigError("config: `server.tls_cert_file` and `server.tls_key_file` go together: give both or neither")
+    if settings.auth.key_cache_ms < 0:
+        raise ConfigError("config: `auth.key_cache_ms` must be 0 or more")
     if settings.embedding.batch_size < 1:
         raise ConfigError("config: `embedding.batch_size` must be at least 1")
     embedding = settings.embedding
@@ -273,38 +328,3 @@ def _check_semantics(settings: Settings) -> None:
             raise ConfigError(f"config: {where} ('{custom.id}') needs `path` (a local folder) or `hf_path`")
         if custom.dimension < 1:
             raise ConfigError(f"config: {where} ('{custom.id}') needs a positive `dimension`")
-        if custom.id in default_registry():
-            raise ConfigError(f"config: {where} id '{custom.id}' is already a built-in model")
-    registry = build_registry(embedding)
-    if embedding.provider != "user_provided":
-        for key, model_id in [("model", embedding.model)] + [
-            (f"preload_models[{i}]", m) for i, m in enumerate(embedding.preload_models)
-        ]:
-            if model_id not in registry:
-                known = ", ".join(registry.ids())
-                raise ConfigError(f"config: `embedding.{key}` '{model_id}' is not a known model ({known})")
-
-
-def build_registry(embedding: EmbeddingSettings) -> ModelRegistry:
-    """The built-in catalogue plus the models registered in the config file."""
-    from akidb.embedding.registry import ModelRegistry, default_registry
-    from akidb.embedding.spec import ModelSpec
-
-    custom = [
-        ModelSpec(
-            id=model.id,
-            name=model.id,
-            hf_path=model.hf_path or model.id,
-            local_path=model.path or None,
-            dimension=model.dimension,
-            max_seq_length=model.max_seq_length,
-            pooling=model.pooling,
-            normalize=model.normalize,
-            query_prefix=model.query_prefix,
-            document_prefix=model.document_prefix,
-            matryoshka_dimensions=tuple(model.matryoshka_dimensions),
-            description=model.description or "registered in the config file",
-        )
-        for model in embedding.models
-    ]
-    return ModelRegistry([*default_registry(), *custom], default_model=embedding.model)

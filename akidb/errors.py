@@ -30,9 +30,28 @@ class DimensionMismatch(InvalidRequest):
     code = "dimension_mismatch"
 
 
+class Unauthorized(AkidbError):
+    """No key, or one that is unknown, revoked or expired: 401 with WWW-Authenticate: Bearer."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AkidbError):
+    """A valid key without the right the route needs."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(AkidbError):
     status_code = 404
     code = "not_found"
+
+
+def collection_not_found(name: str) -> NotFound:
+    """The one answer for a collection that does not exist, or that the caller's key may not see."""
+    return NotFound(f"collection '{name}' does not exist")
 
 
 class ModelNotFound(NotFound):
@@ -66,10 +85,18 @@ class DeadlineExceeded(AkidbError):
 
 
 class ModelUnavailable(AkidbError):
-    """The model exists in the registry but cannot be loaded or run here."""
+    """The model exists in the registry but cannot be loaded or run here: a state the operator must change
+    (install its files or an extra), not an outage, so not a 5xx."""
+
+    status_code = 409
+    code = "model_unavailable"
+
+
+class ModelUnloading(AkidbError):
+    """The model was unloaded while the request waited for it; sending the request again loads it."""
 
     status_code = 503
-    code = "model_unavailable"
+    code = "model_unloading"
 
 
 class ConfigError(Exception):

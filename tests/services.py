@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from akidb.collections.documents import DocumentService
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
-from akidb.config import EmbeddingSettings
+from akidb.config import EmbeddingSettings, LimitsSettings
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.collection import OpenCollections
@@ -31,12 +31,15 @@ class Services:
         self.router.close()
 
 
-def build_services(engine: Engine, index_root: Path, *, exact_search_max: int = 5000) -> Services:
+def build_services(
+    engine: Engine, index_root: Path, *, exact_search_max: int = 5000, limits: LimitsSettings | None = None
+) -> Services:
     """Services over the mock provider (deterministic vectors for the registry's models), every collection
-    opened from the database as a restart would."""
+    opened from the database as a restart would; `limits` as the server's [limits] (defaults if None)."""
+    limits = limits or LimitsSettings()
     store = Store(engine)
     registry = default_registry()
-    router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry)
+    router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry, limits=limits)
     open_collections = OpenCollections(store, index_root)
     open_collections.open_all()
     return Services(
@@ -44,6 +47,6 @@ def build_services(engine: Engine, index_root: Path, *, exact_search_max: int = 
         router=router,
         open_collections=open_collections,
         collections=CollectionService(store, open_collections, registry, default_model=router.default_model),
-        documents=DocumentService(store, open_collections, router, max_documents=1000),
-        search=SearchService(store, open_collections, router, max_top_k=1000, exact_search_max=exact_search_max),
+        documents=DocumentService(store, open_collections, router, limits=limits),
+        search=SearchService(store, open_collections, router, limits=limits, exact_search_max=exact_search_max),
     )

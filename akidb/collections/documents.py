@@ -15,7 +15,15 @@ import anyio.to_thread
 import numpy as np
 
 from akidb.collections import filters
-from akidb.collections.validation import DocumentInput, PreparedDocument, check_include, prepare_documents
+from akidb.collections.validation import (
+    DEFAULT_LIMITS,
+    DocumentInput,
+    PreparedDocument,
+    check_ids,
+    check_include,
+    prepare_documents,
+)
+from akidb.config import LimitsSettings
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
@@ -57,12 +65,19 @@ def _decode_cursor(cursor: str) -> str:
 
 class DocumentService:
     def __init__(
-        self, store: Store, collections: OpenCollections, router: EmbeddingRouter, *, max_documents: int
+        self,
+        store: Store,
+        collections: OpenCollections,
+        router: EmbeddingRouter,
+        *,
+        limits: LimitsSettings = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.collections = collections
         self.router = router
-        self.max_documents = max_documents
+        # Documents per upsert, characters per text, ids per get/delete and the filter's size: all checked
+        # before anything is embedded or written.
+        self.limits = limits
 
     async def upsert(self, collection: str, documents: Sequence[DocumentInput]) -> UpsertResult:
         handle = self.collections.get(collection)
@@ -97,7 +112,8 @@ class DocumentService:
             dimension=handle.dimension,
             metric=handle.metric,
             has_model=handle.embedding_model is not None,
-            max_documents=self.max_documents,
+            max_documents=self.limits.max_documents_per_upsert,
+            max_text_chars=self.limits.max_text_chars,
         )
 
     def _write(self, handle: OpenCollection, prepared: list[PreparedDocument]) -> tuple[list[str], int, int]:
@@ -137,7 +153,8 @@ class DocumentService:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}", extra={"field": "limit"})
         check_include(include, DOCUMENT_FIELDS)
-        node = filters.parse_filter(filter)
+        check_ids(ids, self.limits.max_ids_per_request)
+        node = filters.parse_filter(filter, limits=self.limits)
         handle = self.collections.get(collection)
         after = _decode_cursor(cursor) if cursor else None
         wanted = {"with_text": "text" in include, "with_metadata": "metadata" in include}
@@ -158,7 +175,7 @@ class DocumentService:
         return DocumentPage(documents=rows[:limit], next_cursor=next_cursor)
 
     async def count(self, collection: str, *, filter: Any = None) -> int:
-        node = filters.parse_filter(filter)
+        node = filters.parse_filter(filter, limits=self.limits)
         handle = self.collections.get(collection)
         if node is None:
             return handle.live_count
@@ -168,7 +185,8 @@ class DocumentService:
         self, collection: str, *, ids: Sequence[str] | None = None, filter: Any = None, dry_run: bool = False
     ) -> int:
         """Delete by ids and/or filter (AND); with neither, nothing: an empty request never empties a collection."""
-        node = filters.parse_filter(filter)
+        check_ids(ids, self.limits.max_ids_per_request)
+        node = filters.parse_filter(filter, limits=self.limits)
         if ids is None and node is None:
             raise InvalidRequest(
                 "delete needs ids or a non-empty filter (to empty a collection, delete the collection)",

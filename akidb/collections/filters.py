@@ -17,12 +17,12 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from akidb.config import LimitsSettings
 from akidb.errors import InvalidRequest
 from akidb.storage.metadata import MetadataMirror, Scalar
 
-MAX_DEPTH = 10
-MAX_NODES = 1_000
-MAX_IN_VALUES = 10_000
+# The caller passes the server's `limits`; these are the defaults of the settings.
+DEFAULT_LIMITS = LimitsSettings()
 
 COMPARISON_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$contains"})
 LOGICAL_OPERATORS = frozenset({"$and", "$or", "$not"})
@@ -94,8 +94,9 @@ _SCALAR = "a scalar (a string, number, boolean or null)"
 
 
 class _Parser:
-    def __init__(self, field: str) -> None:
+    def __init__(self, field: str, limits: LimitsSettings) -> None:
         self.field = field
+        self.limits = limits
         self.nodes = 0
         self.in_values = 0
 
@@ -103,15 +104,24 @@ class _Parser:
     def fail(where: str, problem: str) -> InvalidRequest:
         return InvalidRequest(f"{where}: {problem}", extra={"field": where})
 
+    def over_limit(self, problem: str, limit: int, setting: str) -> InvalidRequest:
+        """422 naming the filter's field, the limit and its setting (the filter is well formed, only too big)."""
+        return InvalidRequest(
+            f"{self.field}: {problem}, the limit is {limit} (limits.{setting})",
+            extra={"field": self.field, "limit": limit},
+        )
+
     def node(self, node: FilterNode) -> FilterNode:
         self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise self.fail(self.field, f"more than {MAX_NODES:,} nodes")
+        limit = self.limits.max_filter_nodes
+        if self.nodes > limit:
+            raise self.over_limit(f"more than {limit:,} nodes", limit, "max_filter_nodes")
         return node
 
     def filter_object(self, raw: object, where: str, depth: int) -> FilterNode:
-        if depth > MAX_DEPTH:
-            raise self.fail(self.field, f"nested deeper than {MAX_DEPTH} levels")
+        limit = self.limits.max_filter_depth
+        if depth > limit:
+            raise self.over_limit(f"nested deeper than {limit} levels", limit, "max_filter_depth")
         if not isinstance(raw, dict):
             raise self.fail(where, "expected an object")
         parts: list[FilterNode] = []
@@ -173,9 +183,11 @@ class _Parser:
         if op in ("$in", "$nin"):
             if not isinstance(operand, list):
                 raise self.fail(where, "expected an array of scalars")
+            # Counted over the whole filter, so the bound holds for one $in / $nin and for many together.
             self.in_values += len(operand)
-            if self.in_values > MAX_IN_VALUES:
-                raise self.fail(self.field, f"more than {MAX_IN_VALUES:,} $in/$nin values")
+            limit = self.limits.max_filter_values
+            if self.in_values > limit:
+                raise self.over_limit(f"more than {limit:,} $in/$nin values", limit, "max_filter_values")
             for i, item in enumerate(operand):
                 if not _is_scalar(item):
                     raise self.fail(where, f"expected an array of scalars (item {i} is not one)")
@@ -189,14 +201,16 @@ class _Parser:
         return Eq(path, operand) if op == "$eq" else Ne(path, operand) if op == "$ne" else Contains(path, operand)
 
 
-def parse_filter(raw: object, *, field: str = "filter") -> FilterNode | None:
+def parse_filter(raw: object, *, field: str = "filter", limits: LimitsSettings = DEFAULT_LIMITS) -> FilterNode | None:
     """The typed tree of a decoded JSON filter; None when there is none or it is `{}` (every document).
 
-    Raises InvalidRequest (422) whose detail starts with the path of the problem (`filter.$or[1].lang.$in`).
+    Raises InvalidRequest (422) whose detail starts with the path of the problem (`filter.$or[1].lang.$in`);
+    a filter past `limits.max_filter_depth`, `max_filter_nodes` or `max_filter_values` names `field`, the
+    limit and its setting.
     """
     if raw is None or (isinstance(raw, dict) and not raw):
         return None
-    return _Parser(field).filter_object(raw, field, 1)
+    return _Parser(field, limits).filter_object(raw, field, 1)
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------

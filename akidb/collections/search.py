@@ -14,7 +14,16 @@ import numpy.typing as npt
 
 from akidb.collections import filters
 from akidb.collections.planner import dense_search
-from akidb.collections.validation import check_ef_search, check_include, check_text, check_top_k, check_vector
+from akidb.collections.validation import (
+    DEFAULT_LIMITS,
+    check_ef_search,
+    check_include,
+    check_text,
+    check_text_length,
+    check_top_k,
+    check_vector,
+)
+from akidb.config import LimitsSettings
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest
@@ -25,7 +34,9 @@ INCLUDABLE = ("text", "metadata", "vector")
 SEARCH_THREADS = 2
 MODES = ("dense", "keyword", "hybrid")
 MIN_HYBRID_CANDIDATES = 100
-MAX_HYBRID_CANDIDATES = 10_000
+# fusion.candidates may be up to this many times limits.max_top_k (and at least MIN_HYBRID_CANDIDATES):
+# 10,000 with the default limit.
+CANDIDATES_PER_TOP_K = 10
 Mode = Literal["dense", "keyword", "hybrid"]
 
 
@@ -69,7 +80,12 @@ def score_of(metric: str, distance: float) -> float:
     return -distance if metric == "l2" else 1.0 - distance
 
 
-def _check_fusion(fusion: Fusion) -> None:
+def max_candidates(max_top_k: int) -> int:
+    """The most `fusion.candidates` may ask for: each side ranks that deep, so it is bounded like top_k."""
+    return max(MIN_HYBRID_CANDIDATES, CANDIDATES_PER_TOP_K * max_top_k)
+
+
+def _check_fusion(fusion: Fusion, max_top_k: int) -> None:
     if not (math.isfinite(fusion.k) and fusion.k > 0):
         raise InvalidRequest(f"fusion.k must be a positive number, got {fusion.k}", extra={"field": "fusion.k"})
     for name in ("dense_weight", "keyword_weight"):
@@ -78,10 +94,12 @@ def _check_fusion(fusion: Fusion) -> None:
             raise InvalidRequest(
                 f"fusion.{name} must be a number >= 0, got {weight}", extra={"field": f"fusion.{name}"}
             )
-    if fusion.candidates is not None and not 1 <= fusion.candidates <= MAX_HYBRID_CANDIDATES:
+    limit = max_candidates(max_top_k)
+    if fusion.candidates is not None and not 1 <= fusion.candidates <= limit:
         raise InvalidRequest(
-            f"fusion.candidates must be between 1 and {MAX_HYBRID_CANDIDATES}, got {fusion.candidates}",
-            extra={"field": "fusion.candidates"},
+            f"fusion.candidates must be between 1 and {limit}, got {fusion.candidates} "
+            f"({CANDIDATES_PER_TOP_K} × limits.max_top_k, at least {MIN_HYBRID_CANDIDATES})",
+            extra={"field": "fusion.candidates", "limit": limit},
         )
 
 
@@ -92,13 +110,15 @@ class SearchService:
         collections: OpenCollections,
         router: EmbeddingRouter,
         *,
-        max_top_k: int,
+        limits: LimitsSettings = DEFAULT_LIMITS,
         exact_search_max: int,
     ) -> None:
         self.store = store
         self.collections = collections
         self.router = router
-        self.max_top_k = max_top_k
+        # top_k (and so fusion.candidates), characters of the query and the filter's size: all checked
+        # before the query is embedded.
+        self.limits = limits
         self.exact_search_max = exact_search_max
         # A few threads, not one per concurrent search: each SQLite call lets go of the GIL and must win
         # it back, and with many threads doing so the waits (5 ms switch interval) add up to more than the
@@ -120,12 +140,13 @@ class SearchService:
     ) -> SearchResult:
         handle = self.collections.get(collection)
         self._check(handle, mode, query, vector, fusion)
-        check_top_k(top_k, self.max_top_k)
+        check_top_k(top_k, self.limits.max_top_k)
         if ef_search is not None:
             check_ef_search(ef_search, "ef_search")
         check_include(include, INCLUDABLE)
-        node = filters.parse_filter(filter)
+        node = filters.parse_filter(filter, limits=self.limits)
         if query is not None:
+            check_text_length(query, field="query", max_chars=self.limits.max_text_chars)
             check_text(query, where="query", field="query")
         total_tokens, duration_ms = 0, 0.0
         query_vector: npt.NDArray[np.float32] | None = None
@@ -172,16 +193,20 @@ class SearchService:
             duration_ms=round(duration_ms, 3),
         )
 
-    @staticmethod
     def _check(
-        handle: OpenCollection, mode: str, query: str | None, vector: Sequence[float] | None, fusion: Fusion | None
+        self,
+        handle: OpenCollection,
+        mode: str,
+        query: str | None,
+        vector: Sequence[float] | None,
+        fusion: Fusion | None,
     ) -> None:
         if mode not in MODES:
             raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, got '{mode}'", extra={"field": "mode"})
         if fusion is not None:
             if mode != "hybrid":
                 raise InvalidRequest("fusion applies to mode 'hybrid' only", extra={"field": "fusion"})
-            _check_fusion(fusion)
+            _check_fusion(fusion, self.limits.max_top_k)
         if mode == "dense":
             if (query is None) == (vector is None):
                 raise InvalidRequest("give exactly one of query or vector", extra={"field": "query"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,11 +111,14 @@ class CollectionService:
 
         return await anyio.to_thread.run_sync(read)
 
-    async def list(self) -> list[CollectionInfo]:
+    async def list(self, visible: Callable[[str], bool] = lambda _: True) -> list[CollectionInfo]:
+        """The collections whose names pass `visible` (what the caller's key may see)."""
+
         def read() -> list[CollectionInfo]:
             return [
                 self._info(record, document_count=self.store.count_documents(record.id))
                 for record in self.store.list_collections()
+                if visible(record.name)
             ]
 
         return await anyio.to_thread.run_sync(read)

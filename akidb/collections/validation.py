@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from akidb.config import LimitsSettings
 from akidb.errors import DimensionMismatch, InvalidDocument, InvalidRequest, PayloadTooLarge
 from akidb.storage.models import MAX_DOCUMENT_ID_LENGTH
 
@@ -17,6 +18,7 @@ COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 METRICS = ("cosine", "l2", "ip")
 MAX_HNSW_M = 256
 MAX_EF = 10_000
+DEFAULT_LIMITS = LimitsSettings()
 
 
 class DocumentInput(Protocol):
@@ -94,6 +96,24 @@ def check_text(text: str, *, where: str, field: str) -> None:
         raise InvalidDocument(f"{where}: text is empty", extra={"field": field})
 
 
+def too_large(field: str, what: str, limit: int, setting: str) -> PayloadTooLarge:
+    """413 for a request over one of the `limits` settings: `<field>: <what>, the limit is N (limits.<setting>)`."""
+    return PayloadTooLarge(
+        f"{field}: {what}, the limit is {limit} (limits.{setting})", extra={"field": field, "limit": limit}
+    )
+
+
+def check_text_length(text: str, *, field: str, max_chars: int) -> None:
+    """Before any tokenizing: a text over `limits.max_text_chars` is refused whole (413), not truncated."""
+    if len(text) > max_chars:
+        raise too_large(field, f"{len(text)} characters in one text", max_chars, "max_text_chars")
+
+
+def check_ids(ids: Sequence[str] | None, max_ids: int) -> None:
+    if ids is not None and len(ids) > max_ids:
+        raise too_large("ids", f"{len(ids)} ids in one request", max_ids, "max_ids_per_request")
+
+
 def prepare_documents(
     documents: Sequence[DocumentInput],
     *,
@@ -101,15 +121,15 @@ def prepare_documents(
     dimension: int,
     metric: str,
     has_model: bool,
-    max_documents: int,
+    max_documents: int = DEFAULT_LIMITS.max_documents_per_upsert,
+    max_text_chars: int = DEFAULT_LIMITS.max_text_chars,
 ) -> list[PreparedDocument]:
     """Validate every document before anything is written or embedded."""
     if not documents:
         raise InvalidRequest("documents: send at least one document", extra={"field": "documents"})
     if len(documents) > max_documents:
-        raise PayloadTooLarge(
-            f"documents: {len(documents)} documents in one upsert, the limit is {max_documents}",
-            extra={"field": "documents"},
+        raise too_large(
+            "documents", f"{len(documents)} documents in one upsert", max_documents, "max_documents_per_upsert"
         )
     prepared: list[PreparedDocument] = []
     first_seen: dict[str, int] = {}
@@ -129,6 +149,7 @@ def prepare_documents(
                 )
             first_seen[doc.id] = position
         if doc.text is not None:
+            check_text_length(doc.text, field=f"{field}.text", max_chars=max_text_chars)
             check_text(doc.text, where=where, field=f"{field}.text")
             if "\x00" in doc.text:
                 raise InvalidDocument(f"{where}: text contains a NUL character", extra={"field": f"{field}.text"})
@@ -173,7 +194,10 @@ def _check_metadata(value: Any, *, where: str, field: str) -> None:
 
 def check_top_k(top_k: int, max_top_k: int) -> None:
     if not 1 <= top_k <= max_top_k:
-        raise InvalidRequest(f"top_k must be between 1 and {max_top_k}, got {top_k}", extra={"field": "top_k"})
+        raise InvalidRequest(
+            f"top_k must be between 1 and {max_top_k}, got {top_k} (limits.max_top_k)",
+            extra={"field": "top_k", "limit": max_top_k},
+        )
 
 
 def check_include(include: Sequence[str], allowed: Sequence[str]) -> None:

@@ -25,7 +25,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,16 +34,12 @@ from akidb import observability
 from akidb.config import EmbeddingSettings
 from akidb.embedding.provider import EmbeddingProvider, Vectors
 from akidb.embedding.spec import InputKind
-from akidb.errors import DeadlineExceeded, ModelUnavailable, Overloaded
+from akidb.errors import DeadlineExceeded, ModelUnloading, Overloaded
 
 log = logging.getLogger(__name__)
 
 Lane = Literal["interactive", "bulk"]
 LANES: tuple[Lane, ...] = ("interactive", "bulk")
-
-# The deadline of the request being served (time.monotonic() seconds), set by the gateway from the
-# X-Request-Timeout-Ms header or embedding.request_timeout_ms; None means no deadline.
-request_deadline: ContextVar[float | None] = ContextVar("akidb_request_deadline", default=None)
 
 # Bulk batches are sliced for this long after the last interactive request.
 INTERACTIVE_MEMORY_S = 10.0
@@ -131,7 +126,7 @@ class MicroBatcher:
         request = _Request(list(texts), kind, lane, deadline, loop, loop.create_future())
         with self._cond:
             if self._closing:
-                raise ModelUnavailable(f"model '{self.model}' was unloaded while the request arrived; send it again")
+                raise ModelUnloading(f"model '{self.model}' was unloaded while the request arrived; send it again")
             self._admit(request)
             self._lanes[lane].append(request)
             self._queued[lane] += len(request.texts)

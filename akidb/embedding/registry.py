@@ -7,8 +7,9 @@ from functools import lru_cache
 
 import msgspec
 
+from akidb.config import EmbeddingSettings
 from akidb.embedding.spec import ModelSpec
-from akidb.errors import ModelNotFound
+from akidb.errors import ConfigError, ModelNotFound
 
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
 
@@ -168,3 +169,39 @@ class ModelRegistry:
 @lru_cache(maxsize=1)
 def default_registry() -> ModelRegistry:
     return ModelRegistry(BUILTIN_MODELS)
+
+
+def registry_from_settings(embedding: EmbeddingSettings) -> ModelRegistry:
+    """The built-in catalogue plus the models registered in the config file; a ConfigError naming the key
+    when a configured model id is a duplicate or unknown."""
+    builtin = default_registry()
+    custom = []
+    for position, model in enumerate(embedding.models):
+        if model.id in builtin:
+            raise ConfigError(f"config: `embedding.models[{position}]` id '{model.id}' is already a built-in model")
+        custom.append(
+            ModelSpec(
+                id=model.id,
+                name=model.id,
+                hf_path=model.hf_path or model.id,
+                local_path=model.path or None,
+                dimension=model.dimension,
+                max_seq_length=model.max_seq_length,
+                pooling=model.pooling,
+                normalize=model.normalize,
+                query_prefix=model.query_prefix,
+                document_prefix=model.document_prefix,
+                matryoshka_dimensions=tuple(model.matryoshka_dimensions),
+                description=model.description or "registered in the config file",
+            )
+        )
+    registry = ModelRegistry([*builtin, *custom], default_model=embedding.model)
+    if embedding.provider != "user_provided":
+        named = [("model", embedding.model)] + [
+            (f"preload_models[{i}]", model_id) for i, model_id in enumerate(embedding.preload_models)
+        ]
+        for key, model_id in named:
+            if model_id not in registry:
+                known = ", ".join(registry.ids())
+                raise ConfigError(f"config: `embedding.{key}` '{model_id}' is not a known model ({known})")
+    return registry

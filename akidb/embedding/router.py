@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from akidb import observability
-from akidb.config import EmbeddingSettings
-from akidb.embedding.batching import Lane, MicroBatcher, request_deadline
+from akidb.config import EmbeddingSettings, LimitsSettings
+from akidb.deadline import request_deadline
+from akidb.embedding.batching import Lane, MicroBatcher
 from akidb.embedding.cache import EmbeddingCache, text_key
 from akidb.embedding.memory import release_freed_memory, resident_bytes
 from akidb.embedding.pooling import fit_dimension
@@ -39,7 +40,7 @@ from akidb.embedding.provider import (
 from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.sources import find_model_files
 from akidb.embedding.spec import InputKind, ModelSpec
-from akidb.errors import InvalidRequest, ModelUnavailable
+from akidb.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,13 @@ def backend_factory(name: str) -> ProviderFactory:
 
 
 class EmbeddingRouter:
-    def __init__(self, settings: EmbeddingSettings, registry: ModelRegistry) -> None:
+    def __init__(
+        self, settings: EmbeddingSettings, registry: ModelRegistry, *, limits: LimitsSettings | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        # What embed_texts accepts per request (inputs, characters per text), checked before any work.
+        self.limits = limits if limits is not None else LimitsSettings()
         self.cache = EmbeddingCache(settings.cache_entries, int(settings.cache_mb * 2**20))
         self._loaded: dict[str, _Loaded] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -387,8 +392,9 @@ class EmbeddingRouter:
         dimensions: int | None = None,
         field: str = "inputs",
     ) -> EmbedResult:
-        """The embed endpoints' rules: a known model (default if None), at least one text, none blank,
-        and `dimensions` (if given) one the model was trained for."""
+        """The embed endpoints' rules: a known model (default if None), at least one text and at most
+        `limits.max_inputs_per_embed`, none blank or over `limits.max_text_chars` characters, and `dimensions`
+        (if given) one the model was trained for. All checked before any cache lookup or tokenizing."""
         if model_id is None:
             model_id = self.default_model
             if model_id is None:
@@ -396,7 +402,19 @@ class EmbeddingRouter:
         spec = self.registry.get(model_id)  # ModelNotFound (404) for an unknown id
         if not texts:
             raise InvalidRequest(f"{field}: send at least one text", extra={"field": field})
+        max_inputs, max_chars = self.limits.max_inputs_per_embed, self.limits.max_text_chars
+        if len(texts) > max_inputs:
+            raise PayloadTooLarge(
+                f"{field}: {len(texts)} texts in one request, the limit is {max_inputs} (limits.max_inputs_per_embed)",
+                extra={"field": field, "limit": max_inputs},
+            )
         for position, text in enumerate(texts):
+            if len(text) > max_chars:
+                at = f"{field}[{position}]"
+                raise PayloadTooLarge(
+                    f"{at}: {len(text)} characters in one text, the limit is {max_chars} (limits.max_text_chars)",
+                    extra={"field": at, "limit": max_chars},
+                )
             if not text.strip():
                 raise InvalidRequest(f"{field}[{position}]: text is empty", extra={"field": f"{field}[{position}]"})
         if dimensions is not None and not spec.supports_dimension(dimensions):

@@ -2,93 +2,65 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import signal
-from collections.abc import AsyncIterator
+from typing import Any
 
-import anyio.to_thread
-from litestar import Litestar
+from litestar import Litestar, Request
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Schema
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from akidb import __version__
+from akidb.auth.keys import ANONYMOUS, Principal
 from akidb.config import Settings
-from akidb.errors import AkidbError
+from akidb.gateway.access import AccessGuard, declare_rights
 from akidb.gateway.controllers.collections import CollectionController
 from akidb.gateway.controllers.documents import DocumentController
 from akidb.gateway.controllers.embed import EmbedController, OpenAIEmbeddingsController
+from akidb.gateway.controllers.keys import KeyController
 from akidb.gateway.controllers.models import ModelController
 from akidb.gateway.controllers.search import SearchController
 from akidb.gateway.controllers.system import HealthController
 from akidb.gateway.errors import EXCEPTION_HANDLERS
+from akidb.gateway.lifespan import lifespan
 from akidb.gateway.middleware import request_scope_middleware
+from akidb.gateway.openapi import tell_the_truth
 from akidb.gateway.runtime import Runtime
-from akidb.gateway.schemas import request_structs
-
-log = logging.getLogger("akidb")
 
 
 class MetricsController(PrometheusController):
     path = "/metrics"
 
 
-async def _save_periodically(runtime: Runtime) -> None:
-    interval = runtime.settings.storage.index_save_interval_s
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await anyio.to_thread.run_sync(runtime.open_collections.save_all)
-        except Exception:  # a failed checkpoint is retried; the database still holds everything
-            log.exception("saving index checkpoints failed")
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    """The caller, as the access guard established it."""
+    principal = request.scope.get("auth")
+    return principal if isinstance(principal, Principal) else ANONYMOUS
 
 
-async def _load_model(runtime: Runtime) -> None:
-    runtime.readiness.reason = "loading the default model"
-    try:
-        await anyio.to_thread.run_sync(runtime.load_default_model)
-        runtime.readiness.reason = "ready"
-    except Exception as exc:
-        # A server whose default model cannot run here would never become ready: stop, saying why.
-        detail = exc.detail if isinstance(exc, AkidbError) else repr(exc)
-        runtime.readiness.reason = f"the default model failed to load: {detail}"
-        runtime.readiness.fatal = runtime.readiness.reason
-        log.error("stopping: %s", runtime.readiness.reason, exc_info=not isinstance(exc, AkidbError))
-        if runtime.readiness.stop_server is not None:
-            runtime.readiness.stop_server()
-        else:
-            signal.raise_signal(signal.SIGTERM)
+def _dependencies(runtime: Runtime) -> dict[str, Provide]:
+    """Each controller asks for the service it uses, by name."""
+
+    def constant(value: object) -> Provide:
+        return Provide(lambda: value, sync_to_thread=False, use_cache=True)
+
+    return {
+        "collection_service": constant(runtime.collections),
+        "document_service": constant(runtime.documents),
+        "search_service": constant(runtime.search),
+        "key_service": constant(runtime.keys),
+        "embedding_router": constant(runtime.router),
+        "model_registry": constant(runtime.registry),
+        "readiness": constant(runtime.readiness),
+        "principal": Provide(_principal, sync_to_thread=False),
+    }
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     runtime = runtime or Runtime.build(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        runtime.readiness.reason = "opening the database and indexes"
-        await anyio.to_thread.run_sync(runtime.open_storage)
-        # The model loads in the background: /health/live answers at once, /health/ready once it is warm.
-        loader = asyncio.create_task(_load_model(runtime))
-        saver = asyncio.create_task(_save_periodically(runtime))
-        try:
-            yield
-        finally:
-            for task in (loader, saver):
-                task.cancel()
-            for task in (loader, saver):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await anyio.to_thread.run_sync(runtime.close)
-
     prometheus = PrometheusConfig(app_name="akidb", prefix="akidb", group_path=True)
-
-    def provide_runtime() -> Runtime:
-        return runtime
-
+    cors = settings.server.cors_origins
     app = Litestar(
         route_handlers=[
             CollectionController,
@@ -97,14 +69,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             EmbedController,
             OpenAIEmbeddingsController,
             ModelController,
+            KeyController,
             HealthController,
             MetricsController,
         ],
-        dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
+        dependencies=_dependencies(runtime),
+        guards=[AccessGuard(settings.auth, runtime.keys)],
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[lifespan(runtime)],
         middleware=[prometheus.middleware, request_scope_middleware(settings.embedding.request_timeout_ms)],
-        request_max_body_size=settings.server.max_body_bytes,
+        request_max_body_size=settings.limits.max_body_bytes,
+        cors_config=CORSConfig(allow_origins=cors, allow_headers=["*"]) if cors else None,
         openapi_config=OpenAPIConfig(
             title="AkiDB gateway",
             version=__version__,
@@ -112,14 +87,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin(path="/swagger")],
         ),
     )
-    _forbid_unknown_fields_in_schema(app)
+    declare_rights(app)
+    tell_the_truth(app, settings)
     return app
-
-
-def _forbid_unknown_fields_in_schema(app: Litestar) -> None:
-    """Request Structs reject unknown fields; say so in the OpenAPI document, which Litestar does not."""
-    schemas = app.openapi_schema.components.schemas or {}
-    for struct in request_structs():
-        component = schemas.get(struct.__name__)
-        if isinstance(component, Schema):
-            component.additional_properties = False

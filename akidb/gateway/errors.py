@@ -9,10 +9,11 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from akidb.errors import AkidbError, Overloaded
+from akidb.errors import AkidbError, Overloaded, Unauthorized
 
 log = logging.getLogger("akidb.gateway")
 
@@ -26,6 +27,8 @@ def akidb_error_handler(_: Request[Any, Any, Any], exc: AkidbError) -> Response[
     headers = {}
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     return Response(
         _body(exc.status_code, exc.detail, extra),
         status_code=exc.status_code,
@@ -40,19 +43,45 @@ def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException
     Well-formed input that breaks a rule (wrong dimension, blank text) is the services' 422.
     """
     problems = exc.extra if isinstance(exc.extra, list) else []
-    parts = []
+    parts, fields = [], []
     for problem in problems:
         if isinstance(problem, dict):
             where = problem.get("key") or ""
             message = problem.get("message") or ""
             parts.append(f"{message} at `{where}`" if where else message)
+            if where:
+                fields.append(where)
     detail = "invalid request: " + ("; ".join(parts) if parts else exc.detail)
-    return Response(_body(400, detail, problems or None), status_code=400, media_type=MediaType.JSON)
+    extra: dict[str, Any] = {"code": "invalid_body", "problems": problems}
+    if fields:
+        extra["field"] = fields[0]
+    return Response(_body(400, detail, extra), status_code=400, media_type=MediaType.JSON)
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    detail = exc.detail
+    extra: dict[str, Any] = {"code": _HTTP_CODES.get(exc.status_code, "http_error")}
+    if isinstance(exc.extra, dict):
+        extra.update(exc.extra)
+    elif exc.extra:
+        extra["problems"] = exc.extra
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the request body is larger than {limit} bytes (limits.max_body_bytes)"
+        extra.update(field="body", limit=limit)
     return Response(
-        _body(exc.status_code, exc.detail, exc.extra or None),
+        _body(exc.status_code, detail, extra),
         status_code=exc.status_code,
         headers=exc.headers,
         media_type=MediaType.JSON,
@@ -62,7 +91,7 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response(
-        _body(500, "internal server error; the server log has the details"),
+        _body(500, "internal server error; the server log has the details", {"code": "internal_error"}),
         status_code=500,
         media_type=MediaType.JSON,
     )
@@ -73,16 +102,21 @@ class ErrorBody(msgspec.Struct):
 
     status_code: int
     detail: str
-    extra: dict[str, Any] | list[Any] | None = None
+    # Always holds `code`, a stable name to switch on ("not_found", "invalid_body", "unauthorized", ...),
+    # and often `field` (where the problem is) and `limit` (the limit that was passed).
+    extra: dict[str, Any]
 
 
 _ERROR_DESCRIPTIONS = {
+    400: "The body or a parameter does not match the schema; extra.field names where",
+    401: "No API key, or an unknown, revoked or expired one (WWW-Authenticate: Bearer)",
+    403: "The key is valid but lacks the role this route needs",
     404: "The collection, document or model does not exist",
-    409: "A collection of that name already exists",
-    413: "Too many documents, or a body larger than server.max_body_bytes",
+    409: "A collection of that name already exists, or the model cannot be loaded on this machine",
+    413: "A request limit (limits.*) was passed: body size, documents, inputs, characters per text or ids",
     422: "Well-formed input that breaks a rule; detail names the document and field",
     429: "The model's queue is full; Retry-After says when to try again",
-    503: "The model cannot be loaded or run here, or the request's deadline (X-Request-Timeout-Ms) passed",
+    503: "The request's deadline (X-Request-Timeout-Ms) passed, or the model was being unloaded",
 }
 
 

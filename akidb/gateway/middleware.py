@@ -18,7 +18,7 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from akidb.embedding.batching import request_deadline
+from akidb.deadline import request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ def _timeout_ms(scope: Scope) -> tuple[float | None, str | None]:
 
 
 async def _reject(send: Send, status: int, detail: str, field: str) -> None:
-    body = json.dumps({"status_code": status, "detail": detail, "extra": {"field": field}}).encode()
+    body = json.dumps(
+        {"status_code": status, "detail": detail, "extra": {"code": "invalid_header", "field": field}}
+    ).encode()
     await send(
         {
             "type": "http.response.start",

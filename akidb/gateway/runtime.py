@@ -6,14 +6,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from akidb.auth.service import KeyService
 from akidb.collections.documents import DocumentService
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
-from akidb.config import Settings, build_registry
-from akidb.embedding.registry import ModelRegistry
+from akidb.config import Settings
+from akidb.embedding.registry import ModelRegistry, registry_from_settings
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.collection import OpenCollections
 from akidb.storage.db import create_db_engine, migrate
+from akidb.storage.keys import KeyStore
 from akidb.storage.repositories import Store
 
 log = logging.getLogger(__name__)
@@ -44,18 +46,19 @@ class Runtime:
     collections: CollectionService
     documents: DocumentService
     search: SearchService
+    keys: KeyService
     readiness: Readiness = field(default_factory=Readiness)
 
     @classmethod
     def build(cls, settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
-        registry = registry or build_registry(settings.embedding)
+        registry = registry or registry_from_settings(settings.embedding)
         engine = create_db_engine(
             settings.storage.resolved_url,
             busy_timeout_ms=settings.storage.sqlite_busy_timeout_ms,
             synchronous=settings.storage.sqlite_synchronous,
         )
         store = Store(engine)
-        router = EmbeddingRouter(settings.embedding, registry)
+        router = EmbeddingRouter(settings.embedding, registry, limits=settings.limits)
         open_collections = OpenCollections(store, settings.storage.index_dir)
         return cls(
             settings=settings,
@@ -64,14 +67,13 @@ class Runtime:
             router=router,
             open_collections=open_collections,
             collections=CollectionService(store, open_collections, registry, default_model=router.default_model),
-            documents=DocumentService(
-                store, open_collections, router, max_documents=settings.server.max_documents_per_upsert
-            ),
+            documents=DocumentService(store, open_collections, router, limits=settings.limits),
+            keys=KeyService(KeyStore(engine), admin_key=settings.auth.admin_key, cache_ms=settings.auth.key_cache_ms),
             search=SearchService(
                 store,
                 open_collections,
                 router,
-                max_top_k=settings.server.max_top_k,
+                limits=settings.limits,
                 exact_search_max=settings.storage.exact_search_max_vectors,
             ),
         )

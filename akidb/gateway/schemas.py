@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -286,6 +287,37 @@ class ModelUnloaded(_Out):
 class ModelList(_Out):
     models: list[ModelInfo]
     default_model: str | None
+
+
+# --- API keys ---
+
+
+class KeyCreate(_In):
+    name: str
+    role: Literal["read", "write", "admin"]
+    # Collection names or globs ("team-*") the key is limited to; null: every collection.
+    collections: list[str] | None = None
+    # ISO 8601; null: never expires.
+    expires_at: datetime | None = None
+
+
+class ApiKey(_Out):
+    id: str
+    name: str
+    role: str
+    collections: list[str] | None
+    expires_at: str | None
+    created_at: str
+    revoked_at: str | None
+
+
+class ApiKeyCreated(ApiKey):
+    # The key itself: shown this once, only its hash is stored.
+    key: str
+
+
+class ApiKeyList(_Out):
+    keys: list[ApiKey]
 
 
 # --- operations ---

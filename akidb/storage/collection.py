@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from akidb.errors import NotFound
+from akidb.errors import NotFound, collection_not_found
 from akidb.storage.exact import ExactVectors
 from akidb.storage.index import HnswIndex, open_index, remove_index_files
 from akidb.storage.keyword import KeywordIndex
@@ -170,7 +170,7 @@ class OpenCollections:
     def get(self, name: str) -> OpenCollection:
         collection = self._open.get(name)
         if collection is None:
-            raise NotFound(f"collection '{name}' does not exist")
+            raise collection_not_found(name)
         return collection
 
     def all(self) -> list[OpenCollection]:

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from akidb.errors import AlreadyExists, NotFound
+from akidb.errors import AlreadyExists, NotFound, collection_not_found
 from akidb.storage.db import WRITE_OPTION
 from akidb.storage.models import CollectionRow, DocumentRow, TombstoneRow
 from akidb.storage.records import (
@@ -105,7 +105,7 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(_collections).where(_collections.c.name == name)).first()
         if row is None:
-            raise NotFound(f"collection '{name}' does not exist")
+            raise collection_not_found(name)
         return _collection_record(row)
 
     def list_collections(self) -> list[CollectionRecord]:
@@ -124,14 +124,14 @@ class Store:
         with self._writer.begin() as conn:
             result = conn.execute(update(_collections).where(_collections.c.name == name).values(**values))
         if result.rowcount == 0:
-            raise NotFound(f"collection '{name}' does not exist")
+            raise collection_not_found(name)
         return self.get_collection(name)
 
     def delete_collection(self, name: str) -> CollectionRecord:
         with self._writer.begin() as conn:
             row = conn.execute(select(_collections).where(_collections.c.name == name)).first()
             if row is None:
-                raise NotFound(f"collection '{name}' does not exist")
+                raise collection_not_found(name)
             # Explicit deletes too, so a database without ON DELETE CASCADE support is clean as well.
             conn.execute(delete(_documents).where(_documents.c.collection_id == row.id))
             conn.execute(delete(_tombstones).where(_tombstones.c.collection_id == row.id))

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,9 +67,14 @@ def _child_env() -> dict[str, str]:
 class AkidbServer:
     """One `akidb serve` process at a time on a fixed data dir; start() again after stop() or kill9()."""
 
-    def __init__(self, root: Path, config: str | None = None) -> None:
-        """`config`: the text of an akidb.toml passed with --config (defaults only, if None)."""
+    def __init__(
+        self, root: Path, config: str | None = None, *, scheme: str = "http", verify: str | bool = True
+    ) -> None:
+        """`config`: the text of an akidb.toml passed with --config (defaults only, if None). `scheme` https
+        for a server configured with TLS, `verify` the CA file that signed its certificate."""
         self.root = root
+        self.scheme = scheme
+        self.verify = verify
         self.config = config
         self.data_dir = root / "data"
         self.log_path = root / "server.log"
@@ -86,7 +92,7 @@ class AkidbServer:
     @property
     def base_url(self) -> str:
         assert self.port is not None, "the server has not been started"
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def client(self) -> httpx.Client:
@@ -129,7 +135,11 @@ class AkidbServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(120.0, connect=5.0))
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(120.0, connect=5.0),
+            verify=ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else self.verify,
+        )
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:

@@ -85,6 +85,14 @@ def test_load_and_unload_at_runtime(server: AkidbServer) -> None:
     expect_error(api.post("/api/v1/models/no-such-model/load"), 404, "no-such-model")
 
 
+def test_a_registry_model_whose_files_are_not_here_is_409_not_a_server_error(server: AkidbServer) -> None:
+    """The operator must install the files: a state to change, not an outage, so alerts on 5xx stay quiet."""
+    assert models_by_id(server)["bge-small-en-v1.5"]["available"] is False
+    response = server.client.post("/api/v1/models/bge-small-en-v1.5/load")
+    expect_error(response, 409, "bge-small-en-v1.5")
+    assert response.json()["extra"]["code"] == "model_unavailable"
+
+
 def test_collections_on_different_models_side_by_side(server: AkidbServer) -> None:
     api = server.client
     create_collection(api, "minilm-side")

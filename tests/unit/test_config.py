@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from akidb.config import load_settings
+from akidb.embedding.registry import registry_from_settings
 from akidb.errors import ConfigError
+
+
+def load_and_check(*args: Any, **kwargs: Any) -> None:
+    """What `akidb serve` does with a config: load the settings, then build the registry they name."""
+    registry_from_settings(load_settings(*args, **kwargs).embedding)
 
 
 def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +69,7 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, named: str) -> None:
     config = tmp_path / "akidb.toml"
     config.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_settings(config, environ={})
+        load_and_check(config, environ={})
     message = str(info.value)
     assert named in message
     assert "\n" not in message
@@ -80,7 +87,7 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, named: str) -> None:
 )
 def test_bad_environment_names_the_key(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(environ=environ)
+        load_and_check(environ=environ)
     assert named in str(info.value)
 
 
@@ -129,7 +136,7 @@ def test_provider_order_and_fallback(tmp_path: Path) -> None:
 
 
 def test_user_registered_model_joins_the_registry(tmp_path: Path) -> None:
-    from akidb.config import build_registry
+    from akidb.embedding.registry import registry_from_settings
 
     config = tmp_path / "akidb.toml"
     config.write_text(
@@ -144,7 +151,7 @@ def test_user_registered_model_joins_the_registry(tmp_path: Path) -> None:
         "matryoshka_dimensions = [64, 128]\n"
     )
     settings = load_settings(config, environ={})
-    registry = build_registry(settings.embedding)
+    registry = registry_from_settings(settings.embedding)
     spec = registry.get("my-encoder")
     assert (spec.dimension, spec.pooling, spec.query_prefix) == (256, "cls", "q: ")
     assert spec.local_path == str(tmp_path / "my-encoder")
@@ -171,5 +178,5 @@ def test_bad_model_settings_name_the_key(tmp_path: Path, text: str, named: str) 
     config = tmp_path / "akidb.toml"
     config.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_settings(config, environ={})
+        load_and_check(config, environ={})
     assert named in str(info.value)

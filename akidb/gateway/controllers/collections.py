@@ -5,10 +5,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
-from akidb.collections.service import CollectionInfo
+from akidb.auth.keys import Principal
+from akidb.collections.service import CollectionInfo, CollectionService
 from akidb.errors import InvalidRequest
+from akidb.gateway.access import require_visible
 from akidb.gateway.errors import error_responses
-from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
 from akidb.storage.records import HnswParams
 
@@ -31,10 +32,16 @@ class CollectionController(Controller):
     path = "/api/v1/collections"
     tags = ("collections",)
 
-    @post("/", status_code=201, responses=error_responses(409, 422))
-    async def create(self, data: JSONBody[CollectionCreate], runtime: NamedDependency[Runtime]) -> Collection:
+    @post("/", status_code=201, operation_id="createCollection", responses=error_responses(409, 422))
+    async def create(
+        self,
+        data: JSONBody[CollectionCreate],
+        collection_service: NamedDependency[CollectionService],
+        principal: NamedDependency[Principal],
+    ) -> Collection:
+        require_visible(principal, data.name)
         kwargs = {} if data.embedding_model is UNSET else {"embedding_model": data.embedding_model}
-        info = await runtime.collections.create(
+        info = await collection_service.create(
             name=data.name,
             dimension=data.dimension,
             metric=data.metric,
@@ -44,17 +51,24 @@ class CollectionController(Controller):
         )
         return to_wire(info)
 
-    @get("/")
-    async def list_all(self, runtime: NamedDependency[Runtime]) -> CollectionList:
-        return CollectionList(collections=[to_wire(info) for info in await runtime.collections.list()])
+    @get("/", operation_id="listCollections")
+    async def list_all(
+        self, collection_service: NamedDependency[CollectionService], principal: NamedDependency[Principal]
+    ) -> CollectionList:
+        """The collections the caller's key may see."""
+        infos = await collection_service.list(visible=principal.sees)
+        return CollectionList(collections=[to_wire(info) for info in infos])
 
-    @get("/{name:str}", responses=error_responses(404))
-    async def get_one(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> Collection:
-        return to_wire(await runtime.collections.get(name))
+    @get("/{name:str}", operation_id="getCollection", responses=error_responses(404))
+    async def get_one(self, name: FromPath[str], collection_service: NamedDependency[CollectionService]) -> Collection:
+        return to_wire(await collection_service.get(name))
 
-    @patch("/{name:str}", responses=error_responses(404, 422))
+    @patch("/{name:str}", operation_id="updateCollection", responses=error_responses(404, 422))
     async def update(
-        self, name: FromPath[str], data: JSONBody[CollectionPatch], runtime: NamedDependency[Runtime]
+        self,
+        name: FromPath[str],
+        data: JSONBody[CollectionPatch],
+        collection_service: NamedDependency[CollectionService],
     ) -> Collection:
         for field in ("name", "embedding_model", "dimension", "metric"):
             if getattr(data, field) is not UNSET:
@@ -71,8 +85,8 @@ class CollectionController(Controller):
                     )
             ef_search = None if data.hnsw.ef_search is UNSET else data.hnsw.ef_search
         metadata = None if data.metadata is UNSET else data.metadata
-        return to_wire(await runtime.collections.update(name, metadata=metadata, ef_search=ef_search))
+        return to_wire(await collection_service.update(name, metadata=metadata, ef_search=ef_search))
 
-    @delete("/{name:str}", status_code=204, responses=error_responses(404))
-    async def remove(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
-        await runtime.collections.delete(name)
+    @delete("/{name:str}", status_code=204, operation_id="deleteCollection", responses=error_responses(404))
+    async def remove(self, name: FromPath[str], collection_service: NamedDependency[CollectionService]) -> None:
+        await collection_service.delete(name)

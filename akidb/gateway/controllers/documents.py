@@ -6,8 +6,8 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from akidb.collections.documents import DocumentService
 from akidb.gateway.errors import error_responses
-from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import (
     CountRequest,
     CountResponse,
@@ -34,11 +34,16 @@ class DocumentController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("documents",)
 
-    @post("/upsert", status_code=200, responses=error_responses(404, 413, 422, 429, 503))
+    @post(
+        "/upsert",
+        status_code=200,
+        operation_id="upsertDocuments",
+        responses=error_responses(404, 409, 413, 422, 429, 503),
+    )
     async def upsert(
-        self, name: FromPath[str], data: JSONBody[UpsertRequest], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], data: JSONBody[UpsertRequest], document_service: NamedDependency[DocumentService]
     ) -> UpsertResponse:
-        result = await runtime.documents.upsert(name, data.documents)
+        result = await document_service.upsert(name, data.documents)
         return UpsertResponse(
             ids=result.ids,
             inserted=result.inserted,
@@ -48,40 +53,42 @@ class DocumentController(Controller):
             usage=Usage(total_tokens=result.total_tokens, duration_ms=result.duration_ms),
         )
 
-    @get("/documents/{doc_id:str}", responses=error_responses(404))
+    @get("/documents/{doc_id:str}", operation_id="getDocument", responses=error_responses(404))
     async def get_one(
         self,
         name: FromPath[str],
         doc_id: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        document_service: NamedDependency[DocumentService],
         include_vector: FromQuery[bool] = False,
     ) -> Document:
-        record = await runtime.documents.get(name, doc_id, include_vector=include_vector)
+        record = await document_service.get(name, doc_id, include_vector=include_vector)
         return to_wire(record, include_vector)
 
-    @get("/documents", responses=error_responses(404, 422))
+    @get("/documents", operation_id="listDocuments", responses=error_responses(404, 422))
     async def list_page(
         self,
         name: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        document_service: NamedDependency[DocumentService],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: FromQuery[str | None] = None,
         include_vector: FromQuery[bool] = False,
     ) -> DocumentList:
-        page = await runtime.documents.list(name, limit=limit, cursor=cursor, include_vector=include_vector)
+        page = await document_service.list(name, limit=limit, cursor=cursor, include_vector=include_vector)
         return DocumentList(
             documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
         )
 
-    @delete("/documents/{doc_id:str}", status_code=204, responses=error_responses(404))
-    async def remove_one(self, name: FromPath[str], doc_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
-        await runtime.documents.delete_one(name, doc_id)
+    @delete("/documents/{doc_id:str}", status_code=204, operation_id="deleteDocument", responses=error_responses(404))
+    async def remove_one(
+        self, name: FromPath[str], doc_id: FromPath[str], document_service: NamedDependency[DocumentService]
+    ) -> None:
+        await document_service.delete_one(name, doc_id)
 
-    @post("/get", status_code=200, responses=error_responses(404, 422))
+    @post("/get", status_code=200, operation_id="getDocuments", responses=error_responses(404, 422))
     async def find(
-        self, name: FromPath[str], data: JSONBody[GetRequest], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], data: JSONBody[GetRequest], document_service: NamedDependency[DocumentService]
     ) -> DocumentList:
-        page = await runtime.documents.find(
+        page = await document_service.find(
             name, ids=data.ids, filter=data.filter, limit=data.limit, cursor=data.cursor, include=data.include
         )
         include_vector = "vector" in data.include
@@ -89,15 +96,15 @@ class DocumentController(Controller):
             documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
         )
 
-    @post("/count", status_code=200, responses=error_responses(404, 422))
+    @post("/count", status_code=200, operation_id="countDocuments", responses=error_responses(404, 422))
     async def count(
-        self, name: FromPath[str], data: JSONBody[CountRequest], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], data: JSONBody[CountRequest], document_service: NamedDependency[DocumentService]
     ) -> CountResponse:
-        return CountResponse(count=await runtime.documents.count(name, filter=data.filter))
+        return CountResponse(count=await document_service.count(name, filter=data.filter))
 
-    @post("/delete", status_code=200, responses=error_responses(404, 422))
+    @post("/delete", status_code=200, operation_id="deleteDocuments", responses=error_responses(404, 422))
     async def remove_many(
-        self, name: FromPath[str], data: JSONBody[DeleteRequest], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], data: JSONBody[DeleteRequest], document_service: NamedDependency[DocumentService]
     ) -> DeleteResponse:
-        deleted = await runtime.documents.delete(name, ids=data.ids, filter=data.filter, dry_run=data.dry_run)
+        deleted = await document_service.delete(name, ids=data.ids, filter=data.filter, dry_run=data.dry_run)
         return DeleteResponse(deleted=deleted, dry_run=data.dry_run)

@@ -7,8 +7,8 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from akidb.embedding.router import EmbeddingRouter
 from akidb.gateway.errors import error_responses
-from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -24,9 +24,11 @@ class EmbedController(Controller):
     path = "/api/v1/embed"
     tags = ("embeddings",)
 
-    @post("/", status_code=200, responses=error_responses(404, 422, 429, 503))
-    async def embed(self, data: JSONBody[EmbedRequest], runtime: NamedDependency[Runtime]) -> EmbedResponse:
-        result = await runtime.router.embed_texts(
+    @post("/", status_code=200, operation_id="embed", responses=error_responses(404, 409, 422, 429, 503))
+    async def embed(
+        self, data: JSONBody[EmbedRequest], embedding_router: NamedDependency[EmbeddingRouter]
+    ) -> EmbedResponse:
+        result = await embedding_router.embed_texts(
             data.model, data.inputs, data.input_type, normalize=data.normalize, dimensions=data.dimensions
         )
         vectors = result.embeddings.vectors
@@ -44,12 +46,12 @@ class OpenAIEmbeddingsController(Controller):
     path = "/v1/embeddings"
     tags = ("embeddings",)
 
-    @post("/", status_code=200, responses=error_responses(404, 422, 429, 503))
+    @post("/", status_code=200, operation_id="createEmbeddings", responses=error_responses(404, 409, 422, 429, 503))
     async def embeddings(
-        self, data: JSONBody[OpenAIEmbeddingRequest], runtime: NamedDependency[Runtime]
+        self, data: JSONBody[OpenAIEmbeddingRequest], embedding_router: NamedDependency[EmbeddingRouter]
     ) -> OpenAIEmbeddingResponse:
         texts = [data.input] if isinstance(data.input, str) else data.input
-        result = await runtime.router.embed_texts(
+        result = await embedding_router.embed_texts(
             data.model, texts, data.input_type, dimensions=data.dimensions, field="input"
         )
         vectors = result.embeddings.vectors

@@ -5,14 +5,15 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from akidb.embedding.registry import ModelRegistry
+from akidb.embedding.router import EmbeddingRouter
 from akidb.embedding.spec import ModelSpec
 from akidb.gateway.errors import error_responses
-from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import ModelInfo, ModelList, ModelUnloaded
 
 
-def to_wire(spec: ModelSpec, runtime: Runtime) -> ModelInfo:
-    loaded = runtime.router.loaded_info(spec.id)
+def to_wire(spec: ModelSpec, router: EmbeddingRouter) -> ModelInfo:
+    loaded = router.loaded_info(spec.id)
     return ModelInfo(
         id=spec.id,
         name=spec.name,
@@ -25,9 +26,9 @@ def to_wire(spec: ModelSpec, runtime: Runtime) -> ModelInfo:
         languages=list(spec.languages),
         use_cases=list(spec.use_cases),
         default_quantization=spec.default_quantization,
-        is_default=spec.id == runtime.router.default_model,
+        is_default=spec.id == router.default_model,
         description=spec.description,
-        available=runtime.router.is_available(spec.id),
+        available=router.is_available(spec.id),
         loaded=loaded is not None,
         query_prefix=spec.query_prefix,
         document_prefix=spec.document_prefix,
@@ -43,26 +44,40 @@ class ModelController(Controller):
     path = "/api/v1/models"
     tags = ("models",)
 
-    @get("/")
-    async def list_all(self, runtime: NamedDependency[Runtime]) -> ModelList:
+    @get("/", operation_id="listModels")
+    async def list_all(
+        self, model_registry: NamedDependency[ModelRegistry], embedding_router: NamedDependency[EmbeddingRouter]
+    ) -> ModelList:
         # Availability looks at the disk (HF cache, packages): off the loop.
-        models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, runtime) for spec in runtime.registry])
-        return ModelList(models=models, default_model=runtime.router.default_model)
+        models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, embedding_router) for spec in model_registry])
+        return ModelList(models=models, default_model=embedding_router.default_model)
 
-    @get("/{model_id:str}", responses=error_responses(404))
-    async def get_one(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
-        spec = runtime.registry.get(model_id)
-        return await anyio.to_thread.run_sync(to_wire, spec, runtime)
+    @get("/{model_id:str}", operation_id="getModel", responses=error_responses(404))
+    async def get_one(
+        self,
+        model_id: FromPath[str],
+        model_registry: NamedDependency[ModelRegistry],
+        embedding_router: NamedDependency[EmbeddingRouter],
+    ) -> ModelInfo:
+        spec = model_registry.get(model_id)
+        return await anyio.to_thread.run_sync(to_wire, spec, embedding_router)
 
-    @post("/{model_id:str}/load", status_code=200, responses=error_responses(404, 503))
-    async def load(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelInfo:
+    @post("/{model_id:str}/load", status_code=200, operation_id="loadModel", responses=error_responses(404, 409))
+    async def load(
+        self,
+        model_id: FromPath[str],
+        model_registry: NamedDependency[ModelRegistry],
+        embedding_router: NamedDependency[EmbeddingRouter],
+    ) -> ModelInfo:
         """Load and warm a model now (a no-op if it is loaded); may unload the least recently used one."""
-        spec = runtime.registry.get(model_id)
-        await anyio.to_thread.run_sync(runtime.router.load, model_id)
-        return await anyio.to_thread.run_sync(to_wire, spec, runtime)
+        spec = model_registry.get(model_id)
+        await anyio.to_thread.run_sync(embedding_router.load, model_id)
+        return await anyio.to_thread.run_sync(to_wire, spec, embedding_router)
 
-    @post("/{model_id:str}/unload", status_code=200, responses=error_responses(404))
-    async def unload(self, model_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ModelUnloaded:
+    @post("/{model_id:str}/unload", status_code=200, operation_id="unloadModel", responses=error_responses(404))
+    async def unload(
+        self, model_id: FromPath[str], embedding_router: NamedDependency[EmbeddingRouter]
+    ) -> ModelUnloaded:
         """Free a model's memory; the next request that needs it loads it again."""
-        unloaded = await anyio.to_thread.run_sync(runtime.router.unload, model_id)
+        unloaded = await anyio.to_thread.run_sync(embedding_router.unload, model_id)
         return ModelUnloaded(id=model_id, unloaded=unloaded)

@@ -6,9 +6,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
-from akidb.collections.search import Fusion
+from akidb.collections.search import Fusion, SearchService
 from akidb.gateway.errors import error_responses
-from akidb.gateway.runtime import Runtime
 from akidb.gateway.schemas import SearchHit, SearchRequest, SearchResponse, Usage
 
 
@@ -16,11 +15,11 @@ class SearchController(Controller):
     path = "/api/v1/collections/{name:str}"
     tags = ("search",)
 
-    @post("/search", status_code=200, responses=error_responses(404, 422, 429, 503))
+    @post("/search", status_code=200, operation_id="search", responses=error_responses(404, 409, 422, 429, 503))
     async def search(
-        self, name: FromPath[str], data: JSONBody[SearchRequest], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], data: JSONBody[SearchRequest], search_service: NamedDependency[SearchService]
     ) -> SearchResponse:
-        result = await runtime.search.search(
+        result = await search_service.search(
             name,
             query=data.query,
             vector=data.vector,
