@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit bench clean
+.PHONY: install serve test lint typecheck unit bench clean openapi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -p no:cacheprovider
+
+# The committed OpenAPI document (tests/unit/test_openapi_snapshot.py compares it with the one the app serves).
+openapi: $(STAMP)
+	$(BIN)/python -m akidb.gateway.openapi tests/openapi.json
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.serving --backend onnx --quantization fp32

@@ -47,7 +47,7 @@ class LimitsSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     max_top_k: int = 1000
     # ids per get and delete request.
     max_ids_per_request: int = 10_000
-    # The filter language: nesting depth, nodes in all, values in one $in / $nin.
+    # The filter language: nesting depth, nodes in all, values in all its $in / $nin lists together.
     max_filter_depth: int = 10
     max_filter_nodes: int = 1000
     max_filter_values: int = 10_000

@@ -31,7 +31,7 @@ log = logging.getLogger("akidb.auth")
 MAX_KEY_NAME = 200
 MAX_SCOPE_PATTERNS = 100
 # A collection name or a glob over names (* ? and [...]).
-_SCOPE_RE = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]{1,63}$")
+SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]{1,63}$")
 # Unknown ids are cached too (so a flood of bad keys does not become a flood of queries), within bounds.
 _MAX_CACHED = 10_000
 
@@ -121,7 +121,7 @@ class KeyService:
                     extra={"field": "collections"},
                 )
             for position, pattern in enumerate(scope):
-                if not _SCOPE_RE.match(pattern):
+                if not SCOPE_PATTERN.fullmatch(pattern):
                     raise InvalidRequest(
                         f"collections[{position}]: '{pattern}' is not a collection name or a glob over names",
                         extra={"field": f"collections[{position}]"},

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from akidb.collections.validation import METRICS, check_collection_name, check_ef_search, check_hnsw
+from akidb.collections.validation import MAX_DIMENSION, METRICS, check_collection_name, check_ef_search, check_hnsw
 from akidb.embedding.registry import ModelRegistry
 from akidb.errors import DimensionMismatch, InvalidRequest
 from akidb.storage.collection import OpenCollections
@@ -85,9 +85,9 @@ class CollectionService:
                 )
         elif dimension is None:
             raise InvalidRequest("dimension is required when embedding_model is null", extra={"field": "dimension"})
-        if not 1 <= dimension <= 65536:
+        if not 1 <= dimension <= MAX_DIMENSION:
             raise InvalidRequest(
-                f"dimension must be between 1 and 65536, got {dimension}", extra={"field": "dimension"}
+                f"dimension must be between 1 and {MAX_DIMENSION}, got {dimension}", extra={"field": "dimension"}
             )
 
         def create_and_open() -> CollectionInfo:

@@ -14,7 +14,9 @@ from akidb.config import LimitsSettings
 from akidb.errors import DimensionMismatch, InvalidDocument, InvalidRequest, PayloadTooLarge
 from akidb.storage.models import MAX_DOCUMENT_ID_LENGTH
 
-COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+MAX_COLLECTION_NAME = 63
+COLLECTION_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_COLLECTION_NAME - 1}}}$")
+MAX_DIMENSION = 65536
 METRICS = ("cosine", "l2", "ip")
 MAX_HNSW_M = 256
 MAX_EF = 10_000
@@ -43,7 +45,7 @@ class PreparedDocument:
 
 
 def check_collection_name(name: str) -> None:
-    if not COLLECTION_NAME_RE.match(name):
+    if not COLLECTION_NAME_RE.fullmatch(name):  # match() lets "$" pass a trailing newline
         raise InvalidRequest(
             f"name '{name}' is not a valid collection name: use 1-63 letters, digits, '_' or '-', "
             "starting with a letter or digit",

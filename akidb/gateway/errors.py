@@ -88,6 +88,16 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     )
 
 
+def recursion_error_handler(request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    """A body nested deeper than msgspec can decode (about 1,000 levels) is the client's, a 400; any other
+    RecursionError is a fault."""
+    if "deserializing" not in str(exc):
+        return unexpected_error_handler(request, exc)
+    detail = "invalid request: the JSON body is nested too deeply to decode"
+    extra = {"code": "invalid_body", "field": "body"}
+    return Response(_body(400, detail, extra), status_code=400, media_type=MediaType.JSON)
+
+
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response(
@@ -132,5 +142,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AkidbError: akidb_error_handler,
     ValidationException: validation_error_handler,
     HTTPException: http_error_handler,
+    RecursionError: recursion_error_handler,
     Exception: unexpected_error_handler,
 }

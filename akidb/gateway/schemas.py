@@ -17,6 +17,29 @@ class _Out(Struct, kw_only=True):
     pass
 
 
+# Metadata is any JSON object, nested at most this deep. The limit sits far below the interpreter's recursion
+# limit, which msgspec reaches when it encodes a deeper value: without it, metadata nested ~950 levels was
+# stored, and every later answer that held it (the collection list, a document page) was a 500.
+MAX_METADATA_DEPTH = 32
+
+
+def check_nesting(value: Any, field: str, limit: int = MAX_METADATA_DEPTH) -> None:
+    """ValueError for JSON nested deeper than `limit` objects and arrays; raised in `__post_init__`, msgspec
+    turns it into a validation error, so the client gets a 400 naming where."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise ValueError(f"{field} is nested deeper than {limit} levels")
+        pending.extend((child, depth + 1) for child in children)
+
+
 def request_structs() -> list[type[_In]]:
     pending, found = list(_In.__subclasses__()), []
     while pending:
@@ -62,6 +85,9 @@ class CollectionCreate(_In):
     hnsw: HnswIn = msgspec.field(default_factory=HnswIn)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_nesting(self.metadata, "metadata")
+
 
 class HnswPatch(_In):
     ef_search: int | UnsetType = UNSET
@@ -76,6 +102,9 @@ class CollectionPatch(_In):
     embedding_model: str | UnsetType | None = UNSET
     dimension: int | UnsetType = UNSET
     metric: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        check_nesting(self.metadata, "metadata")
 
 
 class Collection(_Out):
@@ -102,6 +131,9 @@ class DocumentIn(_In):
     text: str | None = None
     vector: list[float] | None = None
     metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_nesting(self.metadata, "metadata")
 
 
 class UpsertRequest(_In):
