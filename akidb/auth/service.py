@@ -109,8 +109,8 @@ class KeyService:
         self, *, name: str, role: str, collections: list[str] | None = None, expires_at: datetime | None = None
     ) -> CreatedKey:
         name = name.strip()
-        if not name or len(name) > MAX_KEY_NAME:
-            raise InvalidRequest(f"name: 1 to {MAX_KEY_NAME} characters", extra={"field": "name"})
+        if not name or len(name) > MAX_KEY_NAME or "\x00" in name:
+            raise InvalidRequest(f"name: 1 to {MAX_KEY_NAME} characters, no NUL", extra={"field": "name"})
         if role not in ROLES:
             raise InvalidRequest(f"role: one of {', '.join(ROLES)}, got '{role}'", extra={"field": "role"})
         scope = None if collections is None else tuple(dict.fromkeys(collections))
@@ -151,7 +151,8 @@ class KeyService:
         return self.store.list()
 
     def revoke(self, key_id: str) -> KeyRecord:
-        record = self.store.revoke(key_id, datetime.now(UTC))
+        # Ids are hex; anything else (a NUL, which PostgreSQL cannot compare with) names no key.
+        record = self.store.revoke(key_id, datetime.now(UTC)) if key_id.isalnum() else None
         if record is None:
             raise NotFound(f"API key '{key_id}' does not exist")
         self._cache.pop(key_id, None)

@@ -58,9 +58,12 @@ def _encode_cursor(doc_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+        after = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidRequest("cursor is not one this server handed out", extra={"field": "cursor"}) from None
+        after = "\x00"
+    if "\x00" in after:  # no id holds NUL, and PostgreSQL cannot compare with one
+        raise InvalidRequest("cursor is not one this server handed out", extra={"field": "cursor"})
+    return after
 
 
 class DocumentService:
@@ -131,6 +134,8 @@ class DocumentService:
 
     async def get(self, collection: str, doc_id: str, *, include_vector: bool) -> DocumentRecord:
         handle = self.collections.get(collection)
+        if "\x00" in doc_id:  # no id holds NUL (upserts refuse it), and PostgreSQL cannot even compare with one
+            raise NotFound(f"document '{doc_id}' does not exist in collection '{collection}'")
         return await anyio.to_thread.run_sync(
             lambda: self.store.get_document(handle.id, doc_id, with_vector=include_vector)
         )

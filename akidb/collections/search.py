@@ -94,6 +94,12 @@ def _check_fusion(fusion: Fusion, max_top_k: int) -> None:
             raise InvalidRequest(
                 f"fusion.{name} must be a number >= 0, got {weight}", extra={"field": f"fusion.{name}"}
             )
+    # RRF scores are sums of weight / (k + rank): they must stay numbers on the wire.
+    if not math.isfinite((fusion.dense_weight + fusion.keyword_weight) / (fusion.k + 1)):
+        raise InvalidRequest(
+            "fusion: dense_weight and keyword_weight are too large for k; scores would overflow",
+            extra={"field": "fusion.dense_weight"},
+        )
     limit = max_candidates(max_top_k)
     if fusion.candidates is not None and not 1 <= fusion.candidates <= limit:
         raise InvalidRequest(

@@ -85,6 +85,14 @@ def check_vector(
         as_f32 = vector.astype(np.float32)
     if not np.isfinite(as_f32).all():
         raise InvalidDocument(f"{where}: vector values exceed the float32 range", extra={"field": field})
+    with np.errstate(over="ignore"):
+        # A distance between two such vectors reaches 4 x the squared norm: it must stay a float32 number.
+        reach = np.float32(4) * np.dot(as_f32, as_f32)
+    if not np.isfinite(reach):
+        raise InvalidDocument(
+            f"{where}: vector values are too large: distances between such vectors overflow float32",
+            extra={"field": field},
+        )
     if metric == "cosine" and not np.any(as_f32):
         raise InvalidDocument(
             f"{where}: vector is all zeros, which has no direction for the cosine metric",
@@ -144,6 +152,9 @@ def prepare_documents(
                     f"{where}: id must be 1 to {MAX_DOCUMENT_ID_LENGTH} characters",
                     extra={"field": f"{field}.id"},
                 )
+            if "\x00" in doc.id:
+                # PostgreSQL text cannot hold NUL; SQLite could, and both must answer alike.
+                raise InvalidDocument(f"{where}: id contains a NUL character", extra={"field": f"{field}.id"})
             if doc.id in first_seen:
                 raise InvalidDocument(
                     f"{where}: id '{doc.id}' is also used by document {first_seen[doc.id]}",
