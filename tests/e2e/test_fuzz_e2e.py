@@ -79,9 +79,13 @@ CONFIG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AkidbServer]:
-    server = AkidbServer(tmp_path_factory.mktemp("akidb-fuzz"), config=SERVER_CONFIG)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AkidbServer]:
+    """One server per database: PostgreSQL refuses what SQLite takes (NUL characters), so both are fuzzed."""
+    config = SERVER_CONFIG
+    if request.param == "postgresql":
+        config += f'\n[storage]\nurl = "{request.getfixturevalue("postgres_url")}"\n'
+    server = AkidbServer(tmp_path_factory.mktemp(f"akidb-fuzz-{request.param}"), config=config)
     try:
         server.start()
         client = server.client
