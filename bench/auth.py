@@ -221,6 +221,67 @@ def summarize(arms: list[Arm], runs: dict[str, list[dict[str, Any]]]) -> dict[st
     return out
 
 
+def guard_cost(admin_key: str, calls: int = 50_000) -> dict[str, float]:
+    """In process, free of the HTTP noise: microseconds of CPU per request that the access guard adds, for a
+    database key in the cache, the bootstrap key, and auth off (each including the Litestar connection the
+    guard reads, whose construction alone is measured too)."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from litestar.connection import ASGIConnection
+
+    from akidb.auth.service import KeyService
+    from akidb.config import AuthSettings
+    from akidb.gateway.access import AccessGuard, Right
+    from akidb.storage.db import create_db_engine, migrate
+    from akidb.storage.keys import KeyStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine = create_db_engine(f"sqlite:///{folder}/keys.sqlite3")
+        migrate(engine)
+        keys = KeyService(KeyStore(engine), admin_key=admin_key, cache_ms=1e9)
+        read_key = keys.create(name="bench", role="read").key
+        keys.lookup(read_key)
+        handler: Any = SimpleNamespace(opt={"akidb_right": Right.READ})
+        guards = {
+            "on": AccessGuard(AuthSettings(enabled=True, admin_key=admin_key), keys),
+            "off": AccessGuard(AuthSettings(), keys),
+        }
+
+        def scope(key: str) -> Any:
+            return {
+                "type": "http",
+                "method": "POST",
+                "path": "/api/v1/collections/c/search",
+                "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {key}".encode())],
+                "path_params": {"name": "c"},
+                "query_string": b"",
+                "state": {},
+            }
+
+        async def timed(guard: AccessGuard | None, key: str) -> float:
+            started = time.process_time()
+            for _ in range(calls):
+                connection: Any = ASGIConnection(scope(key))
+                if guard is not None:
+                    await guard(connection, handler)
+            return (time.process_time() - started) / calls * 1e6
+
+        async def all_arms() -> dict[str, float]:
+            base = await timed(None, read_key)
+            return {
+                "connection_only_us": base,
+                "off_us": await timed(guards["off"], read_key) - base,
+                "read_key_us": await timed(guards["on"], read_key) - base,
+                "bootstrap_key_us": await timed(guards["on"], admin_key) - base,
+            }
+
+        try:
+            return asyncio.run(all_arms())
+        finally:
+            engine.dispose()
+
+
 def print_table(results: dict[str, Any], run_s: float) -> None:
     header = ("scenario", "arm", "median rate", "runs", "on/off", "rounds on/off", "p50 ms", "server cpu/req", "≤ 3 %?")
     table: list[tuple[str, ...]] = [header]
@@ -292,6 +353,17 @@ def main() -> None:
         f"{' (--quick)' if args.quick else ''}"
     )
     print_table(results, plan.run_s)
+    guard = guard_cost(admin_key)
+    print(
+        f"\nthe guard in process, CPU per request: read key (cached) {guard['read_key_us']:.1f} µs, bootstrap key "
+        f"{guard['bootstrap_key_us']:.1f} µs, auth off {guard['off_us']:.1f} µs"
+    )
+    for scenario in results.values():
+        server_us = scenario["arms"]["off"]["server_cpu_ms_per_request"] * 1000
+        print(
+            f"  = {guard['read_key_us'] / server_us:.2%} (read key) and {guard['bootstrap_key_us'] / server_us:.2%} "
+            f"(bootstrap) of the server's CPU per request with auth off in '{scenario['label']}' ({server_us:.0f} µs)"
+        )
     print(f"\nruntime {runtime_s:.0f} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "auth.json"
@@ -318,6 +390,7 @@ def main() -> None:
                 "read_key_id": prepared["read_key_id"],
                 "search_without_key_status": prepared["search_without_key_status"],
                 "scenarios": results,
+                "guard_cpu_us_per_request": guard,
                 "runtime_s": runtime_s,
                 "server_log_errors": {"off": off.log_errors[:50], "on": on.log_errors[:50]},
             },
