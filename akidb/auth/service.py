@@ -40,6 +40,15 @@ _MAX_CACHED = 10_000
 class _Cached:
     record: KeyRecord | None
     checked_at: float
+    # Built once per database read, not per request: the principal, and the expiry as a Unix time.
+    principal: Principal | None
+    expires_at_s: float | None
+
+
+def _cached(record: KeyRecord | None, checked_at: float) -> _Cached:
+    principal = None if record is None else _principal(record)
+    expires = None if record is None or record.expires_at is None else record.expires_at.timestamp()
+    return _Cached(record, checked_at, principal, expires)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,27 +90,30 @@ class KeyService:
         entry = self._cache.get(key_id)
         if entry is None or self._clock() - entry.checked_at > self._cache_s:
             return None
-        return self._check(entry.record, presented_hash)
+        return self._check(entry, presented_hash)
 
     def lookup(self, presented: str) -> Principal:
         """Blocking: read the key's row, remember it, and check the key against it."""
         key_id = key_id_of(presented)
         if key_id is None:
             raise Unauthorized("unknown API key")
-        record = self.store.get(key_id)
+        entry = _cached(self.store.get(key_id), self._clock())
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
-        self._cache[key_id] = _Cached(record, self._clock())
-        return self._check(record, hash_key(presented))
+        self._cache[key_id] = entry
+        return self._check(entry, hash_key(presented))
 
-    def _check(self, record: KeyRecord | None, presented_hash: str) -> Principal:
-        if record is None or not same_hash(presented_hash, record.secret_hash):
+    def _check(self, entry: _Cached, presented_hash: str) -> Principal:
+        record, principal = entry.record, entry.principal
+        if record is None or principal is None or not same_hash(presented_hash, record.secret_hash):
             raise Unauthorized("unknown API key")
         if record.revoked_at is not None:
             raise Unauthorized(f"API key {record.id} was revoked")
-        if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
-            raise Unauthorized(f"API key {record.id} expired at {record.expires_at.isoformat()}")
-        return _principal(record)
+        if entry.expires_at_s is not None and entry.expires_at_s <= time.time():
+            raise Unauthorized(
+                f"API key {record.id} expired at {record.expires_at.isoformat() if record.expires_at else ''}"
+            )
+        return principal
 
     # --- management (admin routes and `akidb keys`; blocking) -------------------------------------------
 

@@ -6,6 +6,7 @@ role order, and logs that name a key but never show it."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,7 +228,7 @@ def test_revoking_twice_keeps_the_first_time_and_unknown_id_is_not_found(keys: K
 
 
 class _Later(datetime):
-    """datetime whose now() is two hours ahead: the wall clock that expires_at is checked against."""
+    """datetime whose now() is two hours ahead: the wall clock has_usable_key checks expires_at against."""
 
     @classmethod
     def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
@@ -239,7 +240,9 @@ def test_expired_key_is_refused(keys: KeyService, monkeypatch: pytest.MonkeyPatc
     lasting = keys.create(name="lasting", role="read")
     assert authenticate(keys, created.key).key_id == created.record.id  # cached from here on
 
-    monkeypatch.setattr("akidb.auth.service.datetime", _Later)
+    # Two hours later by the wall clock that expires_at is checked against.
+    wall_clock = time.time
+    monkeypatch.setattr(time, "time", lambda: wall_clock() + 7200)
     # Refused from the cache entry as well as from the database.
     with pytest.raises(Unauthorized, match="expired"):
         keys.cached(created.key)
@@ -251,7 +254,6 @@ def test_expired_key_is_refused(keys: KeyService, monkeypatch: pytest.MonkeyPatc
 
 def test_expiry_with_real_time_passing(keys: KeyService) -> None:
     """Once with the real clock: a key made to expire 0.3 s from now works, then (after 0.4 s) does not."""
-    import time
 
     created = keys.create(name="short", role="read", expires_at=datetime.now(UTC) + timedelta(seconds=0.3))
     assert authenticate(keys, created.key).key_id == created.record.id
