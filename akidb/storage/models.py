@@ -10,7 +10,6 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -64,7 +63,8 @@ class DocumentRow(Base):
     __tablename__ = "documents"
     __table_args__ = (
         UniqueConstraint("collection_id", "label", name="uq_documents_collection_label"),
-        Index("ix_documents_collection_seq", "collection_id", "seq"),
+        # A tripwire as well as the catch-up index: two writers can never hand out one seq twice.
+        UniqueConstraint("collection_id", "seq", name="uq_documents_collection_seq"),
     )
 
     collection_id: Mapped[int] = mapped_column(
@@ -82,7 +82,7 @@ class TombstoneRow(Base):
     """A deleted document's label, kept until an index checkpoint at or past its seq is saved."""
 
     __tablename__ = "tombstones"
-    __table_args__ = (Index("ix_tombstones_collection_seq", "collection_id", "seq"),)
+    __table_args__ = (UniqueConstraint("collection_id", "seq", name="uq_tombstones_collection_seq"),)
 
     collection_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True

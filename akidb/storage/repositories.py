@@ -150,8 +150,12 @@ class Store:
     def upsert_documents(self, collection_id: int, documents: Sequence[NewDocument]) -> UpsertOutcome:
         """Insert or replace, all in one transaction. Existing ids keep their label."""
         with self._writer.begin() as conn:
+            # The collection row's lock first: on PostgreSQL two processes' writes to one collection take their
+            # seq numbers in commit order (SQLite's BEGIN IMMEDIATE already serialises writers).
             head = conn.execute(
-                select(_collections.c.last_seq, _collections.c.next_label).where(_collections.c.id == collection_id)
+                select(_collections.c.last_seq, _collections.c.next_label)
+                .where(_collections.c.id == collection_id)
+                .with_for_update()
             ).first()
             if head is None:
                 raise NotFound("the collection was deleted while the upsert ran")
@@ -207,7 +211,7 @@ class Store:
     def delete_documents(self, collection_id: int, ids: Sequence[str]) -> DeleteOutcome:
         with self._writer.begin() as conn:
             last_seq = conn.execute(
-                select(_collections.c.last_seq).where(_collections.c.id == collection_id)
+                select(_collections.c.last_seq).where(_collections.c.id == collection_id).with_for_update()
             ).scalar_one_or_none()
             if last_seq is None:
                 raise NotFound("the collection was deleted while the delete ran")
