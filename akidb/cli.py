@@ -93,11 +93,16 @@ def _serve(settings: Settings) -> int:
 
     from akidb.gateway.app import create_app
     from akidb.gateway.runtime import Runtime
-    from akidb.storage.db import migrate
+    from akidb.storage.db import DatabaseInUse, claim_sqlite_database, migrate
 
     problem = _unsafe_start(settings)
     if problem:
         print(f"akidb: {problem}", file=sys.stderr)
+        return 2
+    try:
+        claim = claim_sqlite_database(settings.storage.resolved_url)  # held until this process ends
+    except DatabaseInUse as exc:
+        print(f"akidb: {exc}", file=sys.stderr)
         return 2
     runtime = Runtime.build(settings)
     if settings.auth.enabled:
@@ -127,7 +132,11 @@ def _serve(settings: Settings) -> int:
         server.should_exit = True
 
     runtime.readiness.stop_server = stop
-    server.run()
+    try:
+        server.run()
+    finally:
+        if claim is not None:
+            claim.close()
     if runtime.readiness.fatal:
         print(f"akidb: {runtime.readiness.fatal}", file=sys.stderr)
         return 1

@@ -77,3 +77,39 @@ def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+class DatabaseInUse(Exception):
+    """Another process serves this SQLite database; start-up stops with this one-line message."""
+
+
+def claim_sqlite_database(url: str) -> Any | None:
+    """For a SQLite file: an exclusive lock on `<file>.lock`, held while the returned handle stays open (the
+    kernel drops it when the process dies, kill -9 included). One process per SQLite database: a second one
+    would keep indexes that never see the first one's writes. None for other databases, which several
+    processes share by following them."""
+    import fcntl
+    import os
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database).resolve().with_name(Path(parsed.database).name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DatabaseInUse(
+            f"the SQLite database {parsed.database} is served by {holder}: SQLite takes one akidb serve per data "
+            "directory; stop it, use another --data-dir, or share a PostgreSQL database (storage.url) between "
+            "processes"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"akidb serve (pid {os.getpid()})\n")
+    handle.flush()
+    return handle
