@@ -19,8 +19,18 @@ def test_a_second_process_on_one_sqlite_data_dir_refuses_to_start(tmp_path: Path
         config = tmp_path / "akidb.toml"
         config.write_text(MOCK)
         second = subprocess.run(
-            [sys.executable, "-m", "akidb", "serve", "--port", str(free_port()), "--data-dir", str(first.data_dir)]
-            + ["--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "akidb",
+                "serve",
+                "--port",
+                str(free_port()),
+                "--data-dir",
+                str(first.data_dir),
+                "--config",
+                str(config),
+            ],
             env=_child_env(),
             capture_output=True,
             text=True,
