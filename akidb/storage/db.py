@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 WRITE_OPTION = "akidb_write"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# An arbitrary constant naming the advisory lock migrations take on PostgreSQL.
+_MIGRATION_LOCK = 0x616B6964
 
 
 def create_db_engine(url: str, *, busy_timeout_ms: int = 10_000, synchronous: str = "FULL") -> Engine:
@@ -66,6 +68,10 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together on one database migrate one at a time: the others wait for this
+            # transaction (PostgreSQL's DDL is transactional) and then find nothing left to do.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
