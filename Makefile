@@ -23,9 +23,10 @@ serve: $(STAMP)
 	$(BIN)/akidb serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
-	$(BIN)/ruff check akidb tests bench
-	$(BIN)/ruff format --check akidb tests bench
+	$(BIN)/ruff check akidb tests bench deploy
+	$(BIN)/ruff format --check akidb tests bench deploy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/hadolint deploy/docker/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
