@@ -64,6 +64,18 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def stop_process_group(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """SIGTERM to a process started with start_new_session=True and its children; SIGKILL after 30 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class AkidbServer:
     """One `akidb serve` process at a time on a fixed data dir; start() again after stop() or kill9()."""
 

@@ -18,7 +18,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import pytest
 
 from akidb.config import load_settings
-from tests.e2e.conftest import REPO_ROOT, AkidbServer, free_port
+from tests.e2e.conftest import REPO_ROOT, AkidbServer, free_port, stop_process_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -269,13 +268,7 @@ def image_server(baked: Baked) -> Iterator[ImageProcess]:
             time.sleep(0.25)
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)
 
 
 def test_the_image_refuses_to_start_without_an_admin_key(baked: Baked) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT, _child_env, free_port
+from tests.e2e.conftest import REPO_ROOT, _child_env, free_port, stop_process_group
 
 START_TIMEOUT_S = 90.0
 
@@ -41,13 +39,7 @@ def _serve_until_live(env: dict[str, str], make_args: list[str], port: int, log:
             time.sleep(0.25)
         pytest.fail(f"nothing answered on port {port} within {START_TIMEOUT_S:.0f} s\n{log.read_text()[-3000:]}")
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
