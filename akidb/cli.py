@@ -93,14 +93,14 @@ def _serve(settings: Settings) -> int:
 
     from akidb.gateway.app import create_app
     from akidb.gateway.runtime import Runtime
-    from akidb.storage.db import DatabaseInUse, claim_sqlite_database, migrate
+    from akidb.storage.db import DatabaseInUse, claim_storage, migrate
 
     problem = _unsafe_start(settings)
     if problem:
         print(f"akidb: {problem}", file=sys.stderr)
         return 2
     try:
-        claim = claim_sqlite_database(settings.storage.resolved_url)  # held until this process ends
+        claims = claim_storage(settings.storage.resolved_url, settings.storage.index_dir)  # held until exit
     except DatabaseInUse as exc:
         print(f"akidb: {exc}", file=sys.stderr)
         return 2
@@ -135,7 +135,7 @@ def _serve(settings: Settings) -> int:
     try:
         server.run()
     finally:
-        if claim is not None:
+        for claim in claims:
             claim.close()
     if runtime.readiness.fatal:
         print(f"akidb: {runtime.readiness.fatal}", file=sys.stderr)

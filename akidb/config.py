@@ -77,6 +77,11 @@ class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     index_save_interval_s: float = 30.0
     # Collections of up to this many vectors are searched exactly; larger ones through the HNSW graph.
     exact_search_max_vectors: int = 5000
+    # Several processes on one PostgreSQL database: how often each applies the others' writes, how long a
+    # read with min_seq waits for it, and how long a silent process still holds deleted rows' tombstones.
+    follow_interval_ms: int = 200
+    consistency_wait_ms: int = 2000
+    replica_timeout_s: float = 60.0
 
     @property
     def resolved_url(self) -> str:
@@ -304,6 +309,14 @@ def _check_semantics(settings: Settings) -> None:
             raise ConfigError(f"config: `limits.{limit.name}` must be at least 1")
     if bool(settings.server.tls_cert_file) != bool(settings.server.tls_key_file):
         raise ConfigError("config: `server.tls_cert_file` and `server.tls_key_file` go together: give both or neither")
+    storage = settings.storage
+    for key in ("follow_interval_ms", "replica_timeout_s", "index_save_interval_s"):
+        if getattr(storage, key) <= 0:
+            raise ConfigError(f"config: `storage.{key}` must be more than 0")
+    if storage.consistency_wait_ms < 0:
+        raise ConfigError("config: `storage.consistency_wait_ms` must be 0 or more")
+    if storage.replica_timeout_s * 1000 < 5 * storage.follow_interval_ms:
+        raise ConfigError("config: `storage.replica_timeout_s` must be at least 5 follow intervals")
     if settings.auth.key_cache_ms < 0:
         raise ConfigError("config: `auth.key_cache_ms` must be 0 or more")
     if settings.embedding.batch_size < 1:

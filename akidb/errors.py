@@ -84,6 +84,17 @@ class DeadlineExceeded(AkidbError):
     code = "deadline_exceeded"
 
 
+class NotCaughtUp(AkidbError):
+    """A read asked for a `min_seq` this process had not applied within storage.consistency_wait_ms."""
+
+    status_code = 503
+    code = "not_caught_up"
+
+    def __init__(self, detail: str, *, applied_seq: int, min_seq: int, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail, extra={"applied_seq": applied_seq, "min_seq": min_seq, "field": "min_seq"})
+        self.retry_after_s = retry_after_s
+
+
 class ModelUnavailable(AkidbError):
     """The model exists in the registry but cannot be loaded or run here: a state the operator must change
     (install its files or an extra), not an outage, so not a 5xx."""

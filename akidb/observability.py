@@ -41,3 +41,11 @@ SEARCH_PLANS = Counter(
     "(HNSW, then the filter over a wider top k)",
     ["plan"],
 )
+REPLICA_APPLIED_SEQ = Gauge(
+    "akidb_replica_applied_seq", "The highest seq of each collection that this process has applied", ["collection"]
+)
+REPLICA_LAG = Gauge(
+    "akidb_replica_lag_seconds",
+    "Upper bound on how stale this process's view of the database is: seconds since the start of its last "
+    "complete round of following (0 to about storage.follow_interval_ms when it keeps up)",
+)

@@ -8,11 +8,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from akidb.collections.documents import DocumentService
+from akidb.collections.replica import Replica
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
 from akidb.config import EmbeddingSettings, LimitsSettings
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import EmbeddingRouter
+from akidb.storage.changes import ChangeFeed
 from akidb.storage.collection import OpenCollections
 from akidb.storage.repositories import Store
 
@@ -22,6 +24,7 @@ class Services:
     store: Store
     router: EmbeddingRouter
     open_collections: OpenCollections
+    replica: Replica
     collections: CollectionService
     documents: DocumentService
     search: SearchService
@@ -40,13 +43,16 @@ def build_services(
     store = Store(engine)
     registry = default_registry()
     router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry, limits=limits)
-    open_collections = OpenCollections(store, index_root)
-    open_collections.open_all()
+    feed = ChangeFeed(engine)
+    open_collections = OpenCollections(store, feed, index_root)
+    replica = Replica(open_collections, feed)
+    replica.start()
     return Services(
         store=store,
         router=router,
         open_collections=open_collections,
-        collections=CollectionService(store, open_collections, registry, default_model=router.default_model),
-        documents=DocumentService(store, open_collections, router, limits=limits),
-        search=SearchService(store, open_collections, router, limits=limits, exact_search_max=exact_search_max),
+        replica=replica,
+        collections=CollectionService(store, replica, registry, default_model=router.default_model),
+        documents=DocumentService(store, replica, router, limits=limits),
+        search=SearchService(store, replica, router, limits=limits, exact_search_max=exact_search_max),
     )

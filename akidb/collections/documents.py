@@ -15,6 +15,7 @@ import anyio.to_thread
 import numpy as np
 
 from akidb.collections import filters
+from akidb.collections.replica import Replica
 from akidb.collections.validation import (
     DEFAULT_LIMITS,
     DocumentInput,
@@ -27,7 +28,7 @@ from akidb.config import LimitsSettings
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
-from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.collection import OpenCollection
 from akidb.storage.records import DocumentRecord, NewDocument
 from akidb.storage.repositories import Store
 
@@ -37,6 +38,7 @@ DOCUMENT_FIELDS = ("text", "metadata", "vector")
 
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
+    seq: int  # the collection's seq once this write is applied: a read with min_seq=seq sees it anywhere
     ids: list[str]
     inserted: int
     updated: int
@@ -70,20 +72,20 @@ class DocumentService:
     def __init__(
         self,
         store: Store,
-        collections: OpenCollections,
+        replica: Replica,
         router: EmbeddingRouter,
         *,
         limits: LimitsSettings = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
-        self.collections = collections
+        self.replica = replica
         self.router = router
         # Documents per upsert, characters per text, ids per get/delete and the filter's size: all checked
         # before anything is embedded or written.
         self.limits = limits
 
     async def upsert(self, collection: str, documents: Sequence[DocumentInput]) -> UpsertResult:
-        handle = self.collections.get(collection)
+        handle = await self.replica.collection(collection)
         prepared = await anyio.to_thread.run_sync(self._prepare, handle, documents)
         to_embed = [row for row, doc in enumerate(prepared) if doc.vector is None]
         total_tokens, duration_ms = 0, 0.0
@@ -97,8 +99,9 @@ class DocumentService:
             for row, vector in zip(to_embed, vectors, strict=True):
                 prepared[row].vector = vector
             total_tokens, duration_ms = result.embeddings.total_tokens, result.duration_ms
-        ids, inserted, updated = await anyio.to_thread.run_sync(self._write, handle, prepared)
+        ids, inserted, updated, seq = await anyio.to_thread.run_sync(self._write, handle, prepared)
         return UpsertResult(
+            seq=seq,
             ids=ids,
             inserted=inserted,
             updated=updated,
@@ -119,7 +122,7 @@ class DocumentService:
             max_text_chars=self.limits.max_text_chars,
         )
 
-    def _write(self, handle: OpenCollection, prepared: list[PreparedDocument]) -> tuple[list[str], int, int]:
+    def _write(self, handle: OpenCollection, prepared: list[PreparedDocument]) -> tuple[list[str], int, int, int]:
         rows = [
             NewDocument(
                 id=doc.id if doc.id is not None else str(uuid.uuid4()),
@@ -130,19 +133,23 @@ class DocumentService:
             for doc in prepared
         ]
         outcome = handle.upsert(self.store, rows)
-        return [row.id for row in rows], outcome.inserted, outcome.updated
+        return [row.id for row in rows], outcome.inserted, outcome.updated, outcome.last_seq
 
-    async def get(self, collection: str, doc_id: str, *, include_vector: bool) -> DocumentRecord:
-        handle = self.collections.get(collection)
+    async def get(
+        self, collection: str, doc_id: str, *, include_vector: bool, min_seq: int | None = None
+    ) -> DocumentRecord:
+        handle = await self.replica.collection(collection, min_seq)
         if "\x00" in doc_id:  # no id holds NUL (upserts refuse it), and PostgreSQL cannot even compare with one
             raise NotFound(f"document '{doc_id}' does not exist in collection '{collection}'")
         return await anyio.to_thread.run_sync(
             lambda: self.store.get_document(handle.id, doc_id, with_vector=include_vector)
         )
 
-    async def list(self, collection: str, *, limit: int, cursor: str | None, include_vector: bool) -> DocumentPage:
+    async def list(
+        self, collection: str, *, limit: int, cursor: str | None, include_vector: bool, min_seq: int | None = None
+    ) -> DocumentPage:
         include = ("text", "metadata", "vector") if include_vector else ("text", "metadata")
-        return await self.find(collection, limit=limit, cursor=cursor, include=include)
+        return await self.find(collection, limit=limit, cursor=cursor, include=include, min_seq=min_seq)
 
     async def find(
         self,
@@ -153,6 +160,7 @@ class DocumentService:
         limit: int = 100,
         cursor: str | None = None,
         include: Sequence[str] = ("text", "metadata"),
+        min_seq: int | None = None,
     ) -> DocumentPage:
         """Documents by ids and/or filter (AND), in id order by code point, a page at a time."""
         if not 1 <= limit <= MAX_PAGE:
@@ -160,7 +168,7 @@ class DocumentService:
         check_include(include, DOCUMENT_FIELDS)
         check_ids(ids, self.limits.max_ids_per_request)
         node = filters.parse_filter(filter, limits=self.limits)
-        handle = self.collections.get(collection)
+        handle = await self.replica.collection(collection, min_seq)
         after = _decode_cursor(cursor) if cursor else None
         wanted = {"with_text": "text" in include, "with_metadata": "metadata" in include}
         with_vector = "vector" in include
@@ -179,17 +187,18 @@ class DocumentService:
         next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
         return DocumentPage(documents=rows[:limit], next_cursor=next_cursor)
 
-    async def count(self, collection: str, *, filter: Any = None) -> int:
+    async def count(self, collection: str, *, filter: Any = None, min_seq: int | None = None) -> int:
         node = filters.parse_filter(filter, limits=self.limits)
-        handle = self.collections.get(collection)
+        handle = await self.replica.collection(collection, min_seq)
         if node is None:
             return handle.live_count
         return await anyio.to_thread.run_sync(lambda: filters.count(node, handle.metadata))
 
     async def delete(
         self, collection: str, *, ids: Sequence[str] | None = None, filter: Any = None, dry_run: bool = False
-    ) -> int:
-        """Delete by ids and/or filter (AND); with neither, nothing: an empty request never empties a collection."""
+    ) -> tuple[int, int]:
+        """Delete by ids and/or filter (AND); with neither, nothing: an empty request never empties a collection.
+        Returns (how many went, or would go with dry_run; the collection's seq once it is applied)."""
         check_ids(ids, self.limits.max_ids_per_request)
         node = filters.parse_filter(filter, limits=self.limits)
         if ids is None and node is None:
@@ -197,16 +206,19 @@ class DocumentService:
                 "delete needs ids or a non-empty filter (to empty a collection, delete the collection)",
                 extra={"field": "filter"},
             )
-        handle = self.collections.get(collection)
+        handle = await self.replica.collection(collection)
 
         def choose() -> list[str]:
             return filters.select(node, handle.metadata, ids=ids).ids
 
         if dry_run:
-            return await anyio.to_thread.run_sync(lambda: len(choose()))
+            return await anyio.to_thread.run_sync(lambda: (len(choose()), handle.applied_seq))
         outcome = await anyio.to_thread.run_sync(lambda: handle.delete(self.store, choose))
-        return len(outcome.labels)
+        return len(outcome.labels), outcome.last_seq
 
-    async def delete_one(self, collection: str, doc_id: str) -> None:
-        if await self.delete(collection, ids=[doc_id]) == 0:
+    async def delete_one(self, collection: str, doc_id: str) -> int:
+        """Returns the collection's seq once the deletion is applied."""
+        deleted, seq = await self.delete(collection, ids=[doc_id])
+        if deleted == 0:
             raise NotFound(f"document '{doc_id}' does not exist in collection '{collection}'")
+        return seq

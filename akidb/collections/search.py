@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from akidb.collections import filters
 from akidb.collections.planner import dense_search
+from akidb.collections.replica import Replica
 from akidb.collections.validation import (
     DEFAULT_LIMITS,
     check_ef_search,
@@ -27,7 +28,7 @@ from akidb.config import LimitsSettings
 from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest
-from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.collection import OpenCollection
 from akidb.storage.repositories import Store
 
 INCLUDABLE = ("text", "metadata", "vector")
@@ -113,14 +114,14 @@ class SearchService:
     def __init__(
         self,
         store: Store,
-        collections: OpenCollections,
+        replica: Replica,
         router: EmbeddingRouter,
         *,
         limits: LimitsSettings = DEFAULT_LIMITS,
         exact_search_max: int,
     ) -> None:
         self.store = store
-        self.collections = collections
+        self.replica = replica
         self.router = router
         # top_k (and so fusion.candidates), characters of the query and the filter's size: all checked
         # before the query is embedded.
@@ -143,8 +144,9 @@ class SearchService:
         mode: Mode = "dense",
         filter: Any = None,
         fusion: Fusion | None = None,
+        min_seq: int | None = None,
     ) -> SearchResult:
-        handle = self.collections.get(collection)
+        handle = await self.replica.collection(collection, min_seq)
         self._check(handle, mode, query, vector, fusion)
         check_top_k(top_k, self.limits.max_top_k)
         if ef_search is not None:

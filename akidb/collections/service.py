@@ -10,10 +10,10 @@ from typing import Any
 
 import anyio.to_thread
 
+from akidb.collections.replica import Replica
 from akidb.collections.validation import MAX_DIMENSION, METRICS, check_collection_name, check_ef_search, check_hnsw
 from akidb.embedding.registry import ModelRegistry
-from akidb.errors import DimensionMismatch, InvalidRequest
-from akidb.storage.collection import OpenCollections
+from akidb.errors import DimensionMismatch, InvalidRequest, NotFound
 from akidb.storage.records import CollectionRecord, HnswParams
 from akidb.storage.repositories import Store
 
@@ -34,14 +34,15 @@ class CollectionInfo:
     document_count: int
     created_at: datetime
     updated_at: datetime
+    seq: int  # the collection's last write, in the database
+    applied_seq: int  # how far this process has applied it
 
 
 class CollectionService:
-    def __init__(
-        self, store: Store, collections: OpenCollections, registry: ModelRegistry, *, default_model: str | None
-    ) -> None:
+    def __init__(self, store: Store, replica: Replica, registry: ModelRegistry, *, default_model: str | None) -> None:
         self.store = store
-        self.collections = collections
+        self.replica = replica
+        self.collections = replica.collections
         self.registry = registry
         self.default_model = default_model
 
@@ -100,23 +101,34 @@ class CollectionService:
                 metadata=metadata or {},
             )
             self.collections.open(record)
-            return self._info(record, document_count=0)
+            return self._info(record, document_count=0, applied_seq=record.last_seq)
 
         return await anyio.to_thread.run_sync(create_and_open)
 
     async def get(self, name: str) -> CollectionInfo:
         def read() -> CollectionInfo:
             record = self.store.get_collection(name)
-            return self._info(record, document_count=self.store.count_documents(record.id))
+            return self._info(
+                record, document_count=self.store.count_documents(record.id), applied_seq=self._applied(record)
+            )
 
         return await anyio.to_thread.run_sync(read)
+
+    def _applied(self, record: CollectionRecord) -> int:
+        try:
+            handle = self.collections.get(record.name)
+        except NotFound:
+            return 0  # not opened here yet
+        return handle.applied_seq if handle.id == record.id else 0
 
     async def list(self, visible: Callable[[str], bool] = lambda _: True) -> list[CollectionInfo]:
         """The collections whose names pass `visible` (what the caller's key may see)."""
 
         def read() -> list[CollectionInfo]:
             return [
-                self._info(record, document_count=self.store.count_documents(record.id))
+                self._info(
+                    record, document_count=self.store.count_documents(record.id), applied_seq=self._applied(record)
+                )
                 for record in self.store.list_collections()
                 if visible(record.name)
             ]
@@ -126,7 +138,7 @@ class CollectionService:
     async def update(self, name: str, *, metadata: dict[str, Any] | None, ef_search: int | None) -> CollectionInfo:
         if ef_search is not None:
             check_ef_search(ef_search, "hnsw.ef_search")
-        collection = self.collections.get(name)
+        collection = await self.replica.collection(name)
 
         def apply(_: CollectionRecord) -> None:
             if ef_search is not None:
@@ -136,16 +148,18 @@ class CollectionService:
             record = collection.write(
                 lambda: self.store.update_collection(name, metadata=metadata, ef_search=ef_search), apply
             )
-            return self._info(record, document_count=collection.live_count)
+            return self._info(record, document_count=collection.live_count, applied_seq=collection.applied_seq)
 
         return await anyio.to_thread.run_sync(write)
 
-    async def delete(self, name: str) -> None:
-        self.collections.get(name)
-        await anyio.to_thread.run_sync(self.collections.drop, name)
+    async def delete(self, name: str) -> int:
+        """Returns the deleted collection's last seq."""
+        await self.replica.collection(name)
+        record = await anyio.to_thread.run_sync(self.collections.drop, name)
+        return record.last_seq
 
     @staticmethod
-    def _info(record: CollectionRecord, *, document_count: int) -> CollectionInfo:
+    def _info(record: CollectionRecord, *, document_count: int, applied_seq: int) -> CollectionInfo:
         return CollectionInfo(
             name=record.name,
             embedding_model=record.embedding_model,
@@ -156,4 +170,6 @@ class CollectionService:
             document_count=document_count,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            seq=record.last_seq,
+            applied_seq=applied_seq,
         )

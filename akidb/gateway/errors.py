@@ -13,7 +13,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from akidb.errors import AkidbError, Overloaded, Unauthorized
+from akidb.errors import AkidbError, NotCaughtUp, Overloaded, Unauthorized
 
 log = logging.getLogger("akidb.gateway")
 
@@ -25,7 +25,7 @@ def _body(status_code: int, detail: str, extra: Any = None) -> dict[str, Any]:
 def akidb_error_handler(_: Request[Any, Any, Any], exc: AkidbError) -> Response[dict[str, Any]]:
     extra = {"code": exc.code, **exc.extra}
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | NotCaughtUp):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

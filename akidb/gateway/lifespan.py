@@ -1,5 +1,5 @@
-"""Start-up and shut-down: open the database and indexes, load the default model in the background, save
-index checkpoints periodically; on exit, save and close everything."""
+"""Start-up and shut-down: migrate the database; open the collections, follow the database and load the
+default model in the background; save index checkpoints periodically; on exit, save and close everything."""
 
 from __future__ import annotations
 
@@ -29,37 +29,52 @@ async def _save_periodically(runtime: Runtime) -> None:
             log.exception("saving index checkpoints failed")
 
 
+def _stop(runtime: Runtime, reason: str, exc: Exception) -> None:
+    """Start-up cannot complete: a server that would never become ready stops, saying why."""
+    runtime.readiness.fatal = reason
+    log.error("stopping: %s", reason, exc_info=not isinstance(exc, AkidbError))
+    if runtime.readiness.stop_server is not None:
+        runtime.readiness.stop_server()
+    else:
+        signal.raise_signal(signal.SIGTERM)
+
+
 async def _load_model(runtime: Runtime) -> None:
-    runtime.readiness.reason = "loading the default model"
+    runtime.readiness.model_reason = "loading the default model"
     try:
         await anyio.to_thread.run_sync(runtime.load_default_model)
-        runtime.readiness.reason = "ready"
     except Exception as exc:
-        # A server whose default model cannot run here would never become ready: stop, saying why.
         detail = exc.detail if isinstance(exc, AkidbError) else repr(exc)
-        runtime.readiness.reason = f"the default model failed to load: {detail}"
-        runtime.readiness.fatal = runtime.readiness.reason
-        log.error("stopping: %s", runtime.readiness.reason, exc_info=not isinstance(exc, AkidbError))
-        if runtime.readiness.stop_server is not None:
-            runtime.readiness.stop_server()
-        else:
-            signal.raise_signal(signal.SIGTERM)
+        _stop(runtime, f"the default model failed to load: {detail}", exc)
+
+
+async def _follow(runtime: Runtime) -> None:
+    """Open every collection and catch up (readiness waits for it), then follow the database."""
+    try:
+        await anyio.to_thread.run_sync(runtime.open_storage)
+    except Exception as exc:
+        _stop(runtime, f"opening the collections failed: {exc!r}", exc)
+        return
+    await runtime.replica.run()
 
 
 def lifespan(runtime: Runtime) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def run(_: Litestar) -> AsyncIterator[None]:
-        runtime.readiness.reason = "opening the database and indexes"
-        await anyio.to_thread.run_sync(runtime.open_storage)
-        # The model loads in the background: /health/live answers at once, /health/ready once it is warm.
-        loader = asyncio.create_task(_load_model(runtime))
-        saver = asyncio.create_task(_save_periodically(runtime))
+        await anyio.to_thread.run_sync(runtime.migrate)
+        # Collections open and the model loads in the background: /health/live answers at once,
+        # /health/ready once both are done. A request meanwhile opens the collection it names itself.
+        tasks = [
+            asyncio.create_task(_follow(runtime)),
+            asyncio.create_task(_load_model(runtime)),
+            asyncio.create_task(_save_periodically(runtime)),
+        ]
         try:
             yield
         finally:
-            for task in (loader, saver):
+            for task in tasks:
                 task.cancel()
-            for task in (loader, saver):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await anyio.to_thread.run_sync(runtime.close)

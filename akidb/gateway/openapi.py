@@ -57,6 +57,10 @@ MODEL_UNAVAILABLE = (
     "backend are missing, a state the operator must change"
 )
 CONFLICTS = {"createCollection": "A collection of that name already exists"}
+NOT_CAUGHT_UP = (
+    "this process had not applied min_seq within storage.consistency_wait_ms (extra.code not_caught_up); "
+    "Retry-After says when to try again"
+)
 SECURITY_SCHEMES = {
     "bearer": SecurityScheme(
         type="http",
@@ -128,12 +132,12 @@ def _add_security(operation: Operation, right: Right, settings: Settings) -> Non
 # --- responses --------------------------------------------------------------------------------------------
 
 
-def _error(code: int, description: str | None = None) -> OpenAPIResponse:
+def _error(code: int, description: str | None = None, *, retry_after: bool = False) -> OpenAPIResponse:
     spec = error_responses(code)[code]
     headers: dict[str, OpenAPIHeader | Reference] = {}
     if code == 401:
         headers["WWW-Authenticate"] = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="Bearer")
-    if code == 429:
+    if code == 429 or retry_after:
         headers["Retry-After"] = OpenAPIHeader(
             schema=Schema(type=OpenAPIType.INTEGER, minimum=1), description="Seconds to wait before sending it again"
         )
@@ -169,14 +173,36 @@ def _add_responses(operation: Operation, right: Right, settings: Settings, schem
         wanted[404] = "The model does not exist"
     if 409 in declared:
         wanted[409] = CONFLICTS.get(operation.operation_id or "", MODEL_UNAVAILABLE)
+    if _takes_min_seq(operation, parameters, schemas):
+        # Only reads with min_seq answer 503 with Retry-After (the deadline's 503 has none).
+        also = f"{error_responses(503)[503].description}; or " if 503 in declared else ""
+        wanted[503] = also + NOT_CAUGHT_UP if also else NOT_CAUGHT_UP[0].upper() + NOT_CAUGHT_UP[1:]
     for code, description in wanted.items():
         # Litestar's own 400 entry lacks extra.code; a handler's 404 does not say what the path names.
         if code == 400 or description is not None or str(code) not in responses:
-            responses[str(code)] = _error(code, description)
+            responses[str(code)] = _error(code, description, retry_after=code == 503)
     for code in (401, 429):  # entries the handlers declared: add the headers
         if str(code) in responses:
             responses[str(code)] = _error(code, _description(responses[str(code)]))
+    empty = responses.get("204")
+    if isinstance(empty, OpenAPIResponse):
+        empty.content = None  # Litestar gives a Response[None] a JSON body of null; a 204 has none
     operation.responses = dict(sorted(responses.items()))
+
+
+def _takes_min_seq(operation: Operation, parameters: list[Parameter], schemas: dict[str, Schema]) -> bool:
+    if any(p.name == "min_seq" for p in parameters):
+        return True
+    body = operation.request_body
+    if body is None or isinstance(body, Reference):
+        return False
+    for media in (body.content or {}).values():
+        ref = media.schema
+        if isinstance(ref, Reference):
+            schema = schemas.get(ref.ref.rsplit("/", 1)[-1])
+            if schema is not None and "min_seq" in (schema.properties or {}):
+                return True
+    return False
 
 
 def _description(response: OpenAPIResponse | Reference) -> str | None:

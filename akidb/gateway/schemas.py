@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.datastructures import ResponseHeader
+from litestar.params import QueryParameter
 from msgspec import UNSET, Struct, UnsetType
 
 
@@ -117,6 +119,9 @@ class Collection(_Out):
     document_count: int
     created_at: str
     updated_at: str
+    # The collection's last write in the database, and how far the answering process has applied it.
+    seq: int
+    applied_seq: int
 
 
 class CollectionList(_Out):
@@ -124,6 +129,31 @@ class CollectionList(_Out):
 
 
 # --- documents ---
+
+
+# Read-your-writes across processes: the answering process first applies the collection up to this seq (a
+# write answer's `seq`), waiting up to storage.consistency_wait_ms, else 503 not_caught_up.
+MinSeq = (
+    Annotated[
+        int,
+        msgspec.Meta(ge=0, description="Answer only once this process has applied the collection up to this seq"),
+    ]
+    | None
+)
+
+
+# The same on GET routes, as ?min_seq=.
+MinSeqQuery = Annotated[
+    int | None,
+    QueryParameter(ge=0, description="Answer only once this process has applied the collection up to this seq"),
+]
+# Answers without a body (204) carry the write's seq here.
+SEQ_HEADER = ResponseHeader(
+    name="X-AkiDB-Seq",
+    description="The collection's seq once this write is applied: pass it as min_seq to read it on any process",
+    documentation_only=True,
+    example="42",
+)
 
 
 class DocumentIn(_In):
@@ -146,6 +176,8 @@ class Usage(_Out):
 
 
 class UpsertResponse(_Out):
+    # Pass as min_seq to read this write on any process.
+    seq: int
     ids: list[str]
     inserted: int
     updated: int
@@ -176,6 +208,7 @@ class DeleteRequest(_In):
 
 class DeleteResponse(_Out):
     deleted: int
+    seq: int
     dry_run: bool = False
 
 
@@ -185,10 +218,12 @@ class GetRequest(_In):
     limit: int = 100
     cursor: str | None = None
     include: list[str] = msgspec.field(default_factory=lambda: ["text", "metadata"])
+    min_seq: MinSeq = None
 
 
 class CountRequest(_In):
     filter: Filter = None
+    min_seq: MinSeq = None
 
 
 class CountResponse(_Out):
@@ -215,6 +250,7 @@ class SearchRequest(_In):
     mode: Literal["dense", "keyword", "hybrid"] = "dense"
     filter: Filter = None
     fusion: FusionIn | None = None
+    min_seq: MinSeq = None
 
 
 class SearchHit(_Out, omit_defaults=True):

@@ -1,8 +1,10 @@
 """Open collections: each one's derived structures (HNSW graph, exact vectors, metadata mirror, keyword
 index) and the one path that every write takes, so that all of them see writes in `seq` order.
 
-The database is the truth. Opening a collection reads its rows once into the in-memory structures and
-loads the graph's checkpoint, replaying what came after it; nothing derived is ever needed to recover.
+The database is the truth. Opening a collection reads its rows once, in one snapshot, into the in-memory
+structures and loads the graph's checkpoint, replaying what came after it. From then on the collection
+follows the database: writes by this process are applied as they commit, and everything another process
+wrote before them is applied first (`catch_up`), so the structures always hold a prefix of the seq order.
 """
 
 from __future__ import annotations
@@ -16,15 +18,30 @@ from typing import TypeVar
 import numpy as np
 
 from akidb.errors import NotFound, collection_not_found
+from akidb.storage.changes import ChangeFeed
 from akidb.storage.exact import ExactVectors
-from akidb.storage.index import HnswIndex, open_index, remove_index_files
+from akidb.storage.index import HnswIndex, remove_index_files
 from akidb.storage.keyword import KeywordIndex
 from akidb.storage.metadata import MetadataMirror
-from akidb.storage.records import CollectionRecord, DeleteOutcome, NewDocument, UpsertOutcome, blob_to_vector
+from akidb.storage.records import (
+    Changes,
+    CollectionRecord,
+    DeleteOutcome,
+    NewDocument,
+    StoredRow,
+    UpsertOutcome,
+    Vector,
+    blob_to_vector,
+)
 from akidb.storage.repositories import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Stale(Exception):
+    """Tombstones this process had not applied are purged (it was silent for longer than the replica
+    timeout): the collection must be reopened from its rows."""
 
 
 class OpenCollection:
@@ -34,6 +51,7 @@ class OpenCollection:
         self,
         record: CollectionRecord,
         *,
+        feed: ChangeFeed,
         graph: HnswIndex,
         exact: ExactVectors,
         metadata: MetadataMirror,
@@ -45,6 +63,7 @@ class OpenCollection:
         self.embedding_model = record.embedding_model
         self.dimension = record.dimension
         self.metric = record.metric
+        self.feed = feed
         self.graph = graph
         self.exact = exact
         self.metadata = metadata
@@ -52,10 +71,82 @@ class OpenCollection:
         self.index_dir = index_dir
         self._write_lock = threading.Lock()
         self.dropped = False
+        # Set when a catch-up found its tombstones purged: the follower reopens the collection.
+        self.stale = False
 
     @property
     def live_count(self) -> int:
         return self.exact.count
+
+    @property
+    def applied_seq(self) -> int:
+        """Every write to this collection up to this seq is reflected here."""
+        return self.graph.applied_seq
+
+    # --- applying writes, ours and others' ---------------------------------------------------------
+
+    def _apply_rows(
+        self,
+        labels: list[int],
+        ids: list[str],
+        texts: list[str | None],
+        metadatas: list[dict[str, object]],
+        vectors: Vector,
+        seq: int,
+    ) -> None:
+        # Whether a label is new is judged by what this process holds, not by the database: a row that
+        # another process inserted and this one has not applied is new here.
+        present = self.exact.contains(labels)
+        self.graph.upsert(labels, vectors, is_new=[not p for p in present], seq=seq)
+        self.exact.upsert(labels, vectors)
+        self.metadata.upsert(labels, ids, metadatas)
+        self.keyword.upsert(labels, texts, replaced=present)
+
+    def _apply_deletes(self, labels: list[int], seq: int) -> None:
+        self.graph.delete(labels, seq=seq)
+        self.exact.delete(labels)
+        self.metadata.delete(labels)
+        self.keyword.delete(labels)
+
+    def _apply_changes(self, changes: Changes) -> None:
+        if changes.purged_seq > self.applied_seq:
+            self.stale = True
+            raise Stale(f"collection '{self.name}': tombstones after seq {self.applied_seq} were purged")
+        # Tombstones first: their labels are never reused, so they cannot hit a row of this batch.
+        if changes.tombstones:
+            self._apply_deletes(changes.tombstones, changes.until)
+        if changes.rows:
+            rows = changes.rows
+            self._apply_rows(
+                [row.label for row in rows],
+                [row.id for row in rows],
+                [row.text for row in rows],
+                [row.metadata for row in rows],
+                np.stack([blob_to_vector(row.vector) for row in rows]),
+                changes.until,
+            )
+        self.graph.advance(changes.until)
+
+    def _step(self, until: int | None) -> tuple[int, bool]:
+        """One batch of changes after what is applied (under the write lock): (rows and deletions, more)."""
+        changes = self.feed.changes(self.id, self.applied_seq, until)
+        if changes is None:  # deleted by another process: the follower drops it
+            return 0, False
+        self._apply_changes(changes)
+        return len(changes.rows) + len(changes.tombstones), changes.more
+
+    def catch_up(self, until: int | None = None) -> int:
+        """Blocking: apply what other processes wrote, up to `until` (default: all); returns how many rows
+        and deletions were applied. Raises Stale when the collection must be reopened instead."""
+        applied, more = 0, True
+        while more:
+            # The lock is released between batches, so that this process's own writes are not held up.
+            with self._write_lock:
+                if self.dropped or self.stale:
+                    break
+                count, more = self._step(until)
+            applied += count
+        return applied
 
     def write(self, commit: Callable[[], T], apply: Callable[[T], None]) -> T:
         """Run `commit` (the database transaction) and `apply` (its effect on the derived structures)
@@ -67,32 +158,58 @@ class OpenCollection:
             apply(outcome)
         return outcome
 
+    def _ready_for(self, base_seq: int) -> bool:
+        """Under the write lock, after our commit: apply what others committed before it. False when that
+        is impossible here (the collection is stale): the write stays committed, and the reopen brings it."""
+        if self.stale:
+            return False
+        try:
+            more = True
+            while more and self.applied_seq < base_seq:
+                _, more = self._step(base_seq)
+        except Stale:
+            log.warning("collection '%s' is stale; it will be reopened from the database", self.name)
+            return False
+        return True
+
     def upsert(self, store: Store, documents: Sequence[NewDocument]) -> UpsertOutcome:
         vectors = np.stack([doc.vector for doc in documents])
 
         def apply(outcome: UpsertOutcome) -> None:
-            self.graph.upsert(outcome.labels, vectors, is_new=outcome.is_new, seq=outcome.last_seq)
-            self.exact.upsert(outcome.labels, vectors)
-            self.metadata.upsert(outcome.labels, [doc.id for doc in documents], [doc.metadata for doc in documents])
-            self.keyword.upsert(
-                outcome.labels, [doc.text for doc in documents], replaced=[not new for new in outcome.is_new]
+            if not self._ready_for(outcome.base_seq):
+                return
+            self._apply_rows(
+                outcome.labels,
+                [doc.id for doc in documents],
+                [doc.text for doc in documents],
+                [doc.metadata for doc in documents],
+                vectors,
+                outcome.last_seq,
             )
 
         return self.write(lambda: store.upsert_documents(self.id, documents), apply)
 
     def delete(self, store: Store, choose: Callable[[], Sequence[str]]) -> DeleteOutcome:
-        """Delete the documents `choose` names; it runs under the write lock, so that what a filter
+        """Delete the documents `choose` names. It runs under the write lock and the collection row's lock,
+        once this process has applied every earlier write (others' included), so that what a filter
         selects is exactly what goes."""
 
+        def choose_when_caught_up(base_seq: int) -> Sequence[str]:
+            self._ready_for(base_seq)
+            return choose()
+
         def apply(outcome: DeleteOutcome) -> None:
-            self.graph.delete(outcome.labels, seq=outcome.last_seq)
-            self.exact.delete(outcome.labels)
-            self.metadata.delete(outcome.labels)
-            self.keyword.delete(outcome.labels)
+            if self._ready_for(outcome.base_seq) and outcome.labels:
+                self._apply_deletes(outcome.labels, outcome.last_seq)
 
-        return self.write(lambda: store.delete_documents(self.id, choose()), apply)
+        return self.write(lambda: store.delete_documents(self.id, choose_when_caught_up), apply)
 
-    def save(self, *, only_dirty: bool, store: Store) -> bool:
+    def set_ef_search(self, ef_search: int) -> None:
+        with self._write_lock:
+            if self.graph.params.ef_search != ef_search:
+                self.graph.set_ef_search(ef_search)
+
+    def save(self, *, only_dirty: bool) -> bool:
         """Checkpoint the graph (the one structure worth saving: the rest rebuild from rows in seconds)."""
         with self._write_lock:
             if self.dropped:
@@ -100,15 +217,26 @@ class OpenCollection:
             self.keyword.flush()  # what an import queued, committed now rather than at the next search
             if only_dirty and not self.graph.dirty:
                 return False
-            seq = self.graph.save(self.index_dir)
-            store.purge_tombstones(self.id, seq)
+            self.graph.save(self.index_dir)
         return True
 
-    def drop(self, store: Store) -> None:
+    def drop(self, store: Store) -> CollectionRecord:
         with self._write_lock:
-            store.delete_collection(self.name)
-            self.dropped = True
-            self.keyword.close()
+            record = store.delete_collection(self.name)
+            self._close(remove_files=True)
+        return record
+
+    def close_local(self, *, remove_files: bool) -> None:
+        """Stop serving this copy: the collection was deleted elsewhere, or a fresh copy replaces it."""
+        with self._write_lock:
+            self._close(remove_files=remove_files)
+
+    def _close(self, *, remove_files: bool) -> None:
+        if self.dropped:
+            return
+        self.dropped = True
+        self.keyword.close()
+        if remove_files:
             remove_index_files(self.index_dir)
 
     def memory(self) -> dict[str, int]:
@@ -121,50 +249,100 @@ class OpenCollection:
         }
 
 
-def open_collection(store: Store, record: CollectionRecord, index_root: Path) -> OpenCollection:
-    """Read every row into the in-memory structures, then open the graph from its checkpoint.
+def _fill(collection: OpenCollection, batch: list[StoredRow], *, checkpoint: int, known: set[int]) -> int:
+    """Put one batch of rows into the structures; returns how many the graph replayed."""
+    labels = [row.label for row in batch]
+    vectors = np.stack([blob_to_vector(row.vector) for row in batch])
+    collection.exact.upsert(labels, vectors)
+    collection.metadata.upsert(labels, [row.id for row in batch], [row.metadata for row in batch])
+    collection.keyword.upsert(labels, [row.text for row in batch], replaced=[False] * len(batch))
+    # The graph needs only what its checkpoint lacks.
+    replay = [i for i, row in enumerate(batch) if row.seq > checkpoint]
+    if replay:
+        collection.graph.upsert(
+            [labels[i] for i in replay],
+            vectors[replay],
+            is_new=[labels[i] not in known for i in replay],
+            seq=checkpoint,
+        )
+    return len(replay)
 
-    Call with no concurrent writes to the collection; `record.last_seq` must have been read before the rows.
-    """
-    exact = ExactVectors(dimension=record.dimension, metric=record.metric)
-    metadata = MetadataMirror()
-    keyword = KeywordIndex()
-    for batch in store.iter_documents(record.id):
-        labels = [row.label for row in batch]
-        exact.upsert(labels, np.stack([blob_to_vector(row.vector) for row in batch]))
-        metadata.upsert(labels, [row.id for row in batch], [row.metadata for row in batch])
-        keyword.upsert(labels, [row.text for row in batch], replaced=[False] * len(batch))
+
+def open_collection(feed: ChangeFeed, record: CollectionRecord, index_root: Path) -> OpenCollection:
+    """Read every row, in one snapshot, into the in-memory structures; load the graph's newest checkpoint and
+    replay the rows written after it, then drop the labels that no row holds any more. The result holds
+    exactly the snapshot's `last_seq`; writes after it come through `catch_up`."""
     directory = index_root / record.uid
-    graph = open_index(
-        store,
-        record.id,
-        directory,
-        dimension=record.dimension,
-        metric=record.metric,
-        params=record.hnsw,
-        last_seq=record.last_seq,
-    )
-    return OpenCollection(record, graph=graph, exact=exact, metadata=metadata, keyword=keyword, index_dir=directory)
+    with feed.snapshot() as snap:
+        head = snap.head(record.id)
+        if head is None:
+            raise collection_not_found(record.name)
+        graph = HnswIndex.load_checkpoint(
+            directory, dimension=record.dimension, metric=record.metric, params=record.hnsw
+        )
+        if graph is None:
+            if directory.exists() and any(directory.iterdir()):
+                log.warning("rebuilding the index in %s from the database", directory)
+            graph = HnswIndex(
+                dimension=record.dimension, metric=record.metric, params=record.hnsw, capacity=head.document_count
+            )
+            checkpoint, known = -1, set[int]()
+        else:
+            checkpoint, known = graph.applied_seq, graph.known_labels()
+        collection = OpenCollection(
+            record,
+            feed=feed,
+            graph=graph,
+            exact=ExactVectors(dimension=record.dimension, metric=record.metric),
+            metadata=MetadataMirror(),
+            keyword=KeywordIndex(),
+            index_dir=directory,
+        )
+        live: set[int] = set()
+        replayed = 0
+        for batch in snap.rows(record.id):
+            replayed += _fill(collection, batch, checkpoint=checkpoint, known=known)
+            live.update(row.label for row in batch)
+    gone = sorted(known - live)
+    if gone:
+        graph.delete(gone, seq=checkpoint)  # deleted after the checkpoint (labels already deleted are skipped)
+    graph.reconcile_free_slots(len(live))
+    graph.applied_seq = head.last_seq
+    if checkpoint >= 0 and (replayed or gone):
+        log.info("index %s caught up: %d rows replayed, %d labels dropped", directory.name, replayed, len(gone))
+    return collection
 
 
 class OpenCollections:
-    """The registry of open collections, by name."""
+    """The registry of open collections, by name. Opening is serialised, and idempotent per collection id."""
 
-    def __init__(self, store: Store, index_root: Path) -> None:
+    def __init__(self, store: Store, feed: ChangeFeed, index_root: Path) -> None:
         self.store = store
+        self.feed = feed
         self.index_root = index_root
         self._open: dict[str, OpenCollection] = {}
         self._lock = threading.Lock()
+        self._opening = threading.Lock()
 
-    def open_all(self) -> None:
-        """Blocking: open every collection, catching up from the database."""
-        for record in self.store.list_collections():
+    def open_all(self, progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+        """Blocking: open every collection, reporting (opened, total) as it goes."""
+        records = self.store.list_collections()
+        for done, record in enumerate(records):
+            progress(done, len(records))
             self.open(record)
+        progress(len(records), len(records))
 
     def open(self, record: CollectionRecord) -> OpenCollection:
-        collection = open_collection(self.store, record, self.index_root)
-        with self._lock:
-            self._open[record.name] = collection
+        with self._opening:
+            current = self._open.get(record.name)
+            if current is not None and current.id == record.id and not current.dropped and not current.stale:
+                return current
+            collection = open_collection(self.feed, record, self.index_root)
+            with self._lock:
+                self._open[record.name] = collection
+        if current is not None:
+            # Replaced: another collection of that name (files of another uid), or a stale copy (same files).
+            current.close_local(remove_files=current.id != record.id)
         return collection
 
     def get(self, name: str) -> OpenCollection:
@@ -173,19 +351,37 @@ class OpenCollections:
             raise collection_not_found(name)
         return collection
 
+    def find(self, name: str) -> OpenCollection:
+        """Blocking: the open collection, or the database's, opened now (created by another process and
+        not followed yet). NotFound if neither exists."""
+        collection = self._open.get(name)
+        if collection is not None:
+            return collection
+        return self.open(self.store.get_collection(name))
+
     def all(self) -> list[OpenCollection]:
         return list(self._open.values())
 
-    def drop(self, name: str) -> None:
+    def drop(self, name: str) -> CollectionRecord:
+        """Delete the collection from the database, and here; returns its last record."""
         collection = self.get(name)
-        collection.drop(self.store)
+        record = collection.drop(self.store)
+        self._forget(collection)
+        return record
+
+    def drop_local(self, collection: OpenCollection) -> None:
+        """The collection is gone from the database (another process deleted it): stop serving it here."""
+        collection.close_local(remove_files=True)
+        self._forget(collection)
+
+    def _forget(self, collection: OpenCollection) -> None:
         with self._lock:
-            if self._open.get(name) is collection:
-                del self._open[name]
+            if self._open.get(collection.name) is collection:
+                del self._open[collection.name]
 
     def save_all(self, *, only_dirty: bool = True) -> int:
         """Blocking: checkpoint every graph that changed; returns how many were written."""
-        return sum(collection.save(only_dirty=only_dirty, store=self.store) for collection in self.all())
+        return sum(collection.save(only_dirty=only_dirty) for collection in self.all())
 
     def close(self) -> None:
         for collection in self.all():

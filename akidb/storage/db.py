@@ -86,36 +86,62 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 class DatabaseInUse(Exception):
-    """Another process serves this SQLite database; start-up stops with this one-line message."""
+    """Another process serves this SQLite database, or keeps its indexes in this data directory; start-up
+    stops with this one-line message."""
 
 
-def claim_sqlite_database(url: str) -> Any | None:
-    """For a SQLite file: an exclusive lock on `<file>.lock`, held while the returned handle stays open (the
-    kernel drops it when the process dies, kill -9 included). One process per SQLite database: a second one
-    would keep indexes that never see the first one's writes. None for other databases, which several
-    processes share by following them."""
+def _lock(path: Path) -> Any | None:
+    """An exclusive lock on `path`, held while the returned handle stays open (the kernel drops it when the
+    process dies, kill -9 included); None, and the holder's note left in the file, if another process has it."""
     import fcntl
     import os
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    path = Path(parsed.database).resolve().with_name(Path(parsed.database).name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
         handle.close()
-        raise DatabaseInUse(
-            f"the SQLite database {parsed.database} is served by {holder}: SQLite takes one akidb serve per data "
-            "directory; stop it, use another --data-dir, or share a PostgreSQL database (storage.url) between "
-            "processes"
-        ) from None
+        return None
     handle.seek(0)
     handle.truncate()
     handle.write(f"akidb serve (pid {os.getpid()})\n")
     handle.flush()
     return handle
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def claim_storage(url: str, index_dir: Path) -> Any:
+    """Claim what this process must not share. SQLite: the database file (`<file>.lock`), one process per
+    database, since a second one would keep indexes that never see the first one's writes. Any database: the
+    index directory (`<dir>.lock`), since every process keeps its own indexes there; processes that share a
+    PostgreSQL database each need their own data directory."""
+    parsed = make_url(url)
+    claims: list[Any] = []
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).resolve().with_name(Path(parsed.database).name + ".lock")
+        handle = _lock(path)
+        if handle is None:
+            raise DatabaseInUse(
+                f"the SQLite database {parsed.database} is served by {_holder(path)}: SQLite takes one akidb serve "
+                "per data directory; stop it, use another --data-dir, or share a PostgreSQL database (storage.url) "
+                "between processes"
+            )
+        claims.append(handle)
+    path = index_dir.resolve().with_name(index_dir.name + ".lock")
+    handle = _lock(path)
+    if handle is None:
+        for claim in claims:
+            claim.close()
+        raise DatabaseInUse(
+            f"the index directory {index_dir} is used by {_holder(path)}: every akidb serve keeps its own "
+            "indexes, so processes sharing a database each need their own --data-dir (storage.data_dir)"
+        )
+    claims.append(handle)
+    return claims

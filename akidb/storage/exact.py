@@ -93,6 +93,12 @@ class ExactVectors:
 
     # --- reads ---
 
+    def contains(self, labels: Sequence[int]) -> list[bool]:
+        """Whether each label holds a vector now."""
+        with self._lock.read():
+            size = len(self._row_of)
+            return [0 <= label < size and bool(self._row_of[label] >= 0) for label in labels]
+
     def rows_of(self, labels: Labels) -> npt.NDArray[np.int64]:
         """Rows of the live labels among `labels`; call under the read lock."""
         labels = labels[(labels >= 0) & (labels < len(self._row_of))]

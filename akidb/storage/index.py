@@ -1,7 +1,8 @@
 """Per-collection hnswlib index: growth by resize, deletes by mark_deleted, atomic seq-stamped checkpoints.
 
 The database is the truth. A checkpoint file is named after the highest `seq` it contains, so opening
-an index means: load the newest readable checkpoint, then replay the rows and tombstones written after it.
+an index means: load the newest readable checkpoint, replay the rows written after it and drop the labels
+that no row holds any more (see storage/collection.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from akidb.storage.records import HnswParams, blob_to_vector
-from akidb.storage.repositories import Store
+from akidb.storage.records import HnswParams
 from akidb.storage.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,11 @@ class HnswIndex:
                     pass  # not in the index (replayed twice, or never added): nothing to remove
             self.applied_seq = max(self.applied_seq, seq)
 
+    def advance(self, seq: int) -> None:
+        """Every write up to `seq` is applied (some left no trace here: rows replaced later, empty deletes)."""
+        with self._lock.write():
+            self.applied_seq = max(self.applied_seq, seq)
+
     def set_ef_search(self, ef_search: int) -> None:
         with self._lock.write():
             self.params = HnswParams(self.params.m, self.params.ef_construction, ef_search)
@@ -263,45 +268,6 @@ class HnswIndex:
     def reconcile_free_slots(self, live_count: int) -> None:
         """After catch-up the index holds exactly the database's rows; the rest are deleted slots."""
         self._free_slots = max(0, int(self._index.element_count) - live_count)
-
-
-def open_index(
-    store: Store,
-    collection_id: int,
-    directory: Path,
-    *,
-    dimension: int,
-    metric: str,
-    params: HnswParams,
-    last_seq: int,
-) -> HnswIndex:
-    """Load the newest checkpoint and replay what came after it; rebuild from the rows if there is none.
-
-    Call with no concurrent writes to the collection, and with `last_seq` read before the rows.
-    """
-    live_count = store.count_documents(collection_id)
-    index = HnswIndex.load_checkpoint(directory, dimension=dimension, metric=metric, params=params)
-    if index is None:
-        if directory.exists() and any(directory.iterdir()):
-            log.warning("rebuilding the index in %s from the database", directory)
-        index = HnswIndex(dimension=dimension, metric=metric, params=params, capacity=live_count)
-        checkpoint = -1
-    else:
-        checkpoint = index.applied_seq
-    known = index.known_labels() if checkpoint >= 0 else set()
-    replayed = 0
-    for labels, blobs in store.vectors_since(collection_id, checkpoint):
-        vectors = np.stack([blob_to_vector(b) for b in blobs])
-        index.upsert(labels, vectors, is_new=[label not in known for label in labels], seq=checkpoint)
-        replayed += len(labels)
-    tombstones = store.tombstones_since(collection_id, checkpoint) if checkpoint >= 0 else []
-    if tombstones:
-        index.delete(tombstones, seq=checkpoint)
-    index.reconcile_free_slots(live_count)
-    index.applied_seq = max(last_seq, checkpoint)
-    if replayed or tombstones:
-        log.info("index %s caught up: %d rows replayed, %d deletions", directory.name, replayed, len(tombstones))
-    return index
 
 
 def remove_index_files(directory: Path) -> None:

@@ -55,6 +55,8 @@ class CollectionRow(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     # hnswlib labels are never reused, so a tombstone can never hit a newer document.
     next_label: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Tombstones up to this seq are gone: a process that has applied less must reopen the collection.
+    purged_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -79,7 +81,7 @@ class DocumentRow(Base):
 
 
 class TombstoneRow(Base):
-    """A deleted document's label, kept until an index checkpoint at or past its seq is saved."""
+    """A deleted document's label, kept until every live process has applied its seq (see ReplicaProgressRow)."""
 
     __tablename__ = "tombstones"
     __table_args__ = (UniqueConstraint("collection_id", "seq", name="uq_tombstones_collection_seq"),)
@@ -89,6 +91,20 @@ class TombstoneRow(Base):
     )
     label: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReplicaProgressRow(Base):
+    """How far one serving process has applied one collection, and when it last said so. Tombstones stay
+    until every process with a recent heartbeat has applied them."""
+
+    __tablename__ = "replica_progress"
+
+    replica_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    applied_seq: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):

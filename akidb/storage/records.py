@@ -53,6 +53,7 @@ class StoredRow:
     text: str | None
     metadata: dict[str, Any]
     vector: bytes
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +71,37 @@ class UpsertOutcome:
     inserted: int
     updated: int
     last_seq: int
+    base_seq: int  # the collection's seq before this write: what had to be applied first
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteOutcome:
     labels: list[int]
     last_seq: int
+    base_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionHead:
+    """What a follower compares with its own state, for every collection, every round."""
+
+    id: int
+    name: str
+    last_seq: int
+    purged_seq: int
+    ef_search: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Writes to one collection with seq in (after, until], read in one snapshot: tombstones (labels, which
+    are never reused) and the rows as they stand at `until`."""
+
+    until: int
+    purged_seq: int
+    tombstones: list[int]
+    rows: list[StoredRow]
+    more: bool  # `until` was lowered to keep the batch small: call again
 
 
 def vector_to_blob(vector: Vector) -> bytes:

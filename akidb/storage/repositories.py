@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,7 +20,6 @@ from akidb.storage.records import (
     DocumentRecord,
     HnswParams,
     NewDocument,
-    StoredRow,
     UpsertOutcome,
     blob_to_vector,
     vector_to_blob,
@@ -206,15 +205,28 @@ class Store:
                 .where(_collections.c.id == collection_id)
                 .values(last_seq=seq, next_label=next_label)
             )
-        return UpsertOutcome(labels=labels, is_new=is_new, inserted=len(inserts), updated=len(updates), last_seq=seq)
+        return UpsertOutcome(
+            labels=labels,
+            is_new=is_new,
+            inserted=len(inserts),
+            updated=len(updates),
+            last_seq=seq,
+            base_seq=head.last_seq,
+        )
 
-    def delete_documents(self, collection_id: int, ids: Sequence[str]) -> DeleteOutcome:
+    def delete_documents(
+        self, collection_id: int, choose: Sequence[str] | Callable[[int], Sequence[str]]
+    ) -> DeleteOutcome:
+        """Delete these ids, or the ids `choose(last_seq)` names once the collection row is locked: a caller
+        that selects from its own state brings it up to that seq first, so nothing committed is missed."""
         with self._writer.begin() as conn:
             last_seq = conn.execute(
                 select(_collections.c.last_seq).where(_collections.c.id == collection_id).with_for_update()
             ).scalar_one_or_none()
             if last_seq is None:
                 raise NotFound("the collection was deleted while the delete ran")
+            ids = choose(last_seq) if callable(choose) else choose
+            base_seq = last_seq
             labels: list[int] = []
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 found = conn.execute(
@@ -233,7 +245,7 @@ class Store:
                     tombstones.append({"collection_id": collection_id, "label": label, "seq": last_seq})
                 conn.execute(insert(_tombstones), tombstones)
                 conn.execute(update(_collections).where(_collections.c.id == collection_id).values(last_seq=last_seq))
-        return DeleteOutcome(labels=labels, last_seq=last_seq)
+        return DeleteOutcome(labels=labels, last_seq=last_seq, base_seq=base_seq)
 
     def get_document(self, collection_id: int, doc_id: str, *, with_vector: bool) -> DocumentRecord:
         columns = [
@@ -362,54 +374,6 @@ class Store:
             vector=blob_to_vector(row.vector) if with_vector else None,
             seq=row.seq,
         )
-
-    # --- index catch-up ----------------------------------------------------------------------------
-
-    def vectors_since(
-        self, collection_id: int, after_seq: int, batch: int = 5000
-    ) -> Iterator[tuple[list[int], list[bytes]]]:
-        """(labels, vector blobs) of every document written after `after_seq`, in batches."""
-        with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=batch).execute(
-                select(_documents.c.label, _documents.c.vector).where(
-                    _documents.c.collection_id == collection_id, _documents.c.seq > after_seq
-                )
-            )
-            for part in result.partitions(batch):
-                yield [row.label for row in part], [row.vector for row in part]
-
-    def iter_documents(self, collection_id: int, batch: int = 5000) -> Iterator[list[StoredRow]]:
-        """Every live row, in batches: what the in-memory structures are built from on open."""
-        columns = (
-            _documents.c.label,
-            _documents.c.id,
-            _documents.c.text,
-            _documents.c.metadata,
-            _documents.c.vector,
-        )
-        with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=batch).execute(
-                select(*columns).where(_documents.c.collection_id == collection_id)
-            )
-            for part in result.partitions(batch):
-                yield [StoredRow(row.label, row.id, row.text, row.metadata or {}, row.vector) for row in part]
-
-    def tombstones_since(self, collection_id: int, after_seq: int) -> list[int]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(_tombstones.c.label).where(
-                        _tombstones.c.collection_id == collection_id, _tombstones.c.seq > after_seq
-                    )
-                ).scalars()
-            )
-
-    def purge_tombstones(self, collection_id: int, up_to_seq: int) -> None:
-        """Drop tombstones that a saved index checkpoint already reflects."""
-        with self._writer.begin() as conn:
-            conn.execute(
-                delete(_tombstones).where(_tombstones.c.collection_id == collection_id, _tombstones.c.seq <= up_to_seq)
-            )
 
     def last_seq(self, collection_id: int) -> int:
         with self.engine.connect() as conn:

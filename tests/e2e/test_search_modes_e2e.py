@@ -168,10 +168,11 @@ def test_delete_by_filter_dry_run_then_for_real(server: AkidbServer, scifact: di
     assert keyword_with_vector.json()["extra"]["field"] == "vector"
     where = {"$and": [{"n": {"$gte": 280}}, {"even": False}]}
     dry = client.post("/api/v1/collections/sci/delete", json={"filter": where, "dry_run": True}).json()
-    assert dry == {"deleted": 10, "dry_run": True}
+    assert dry == {"deleted": 10, "dry_run": True, "seq": dry["seq"]}
     assert client.post("/api/v1/collections/sci/count", json={}).json() == {"count": DOCS}
     gone = client.post("/api/v1/collections/sci/delete", json={"filter": where}).json()
-    assert gone == {"deleted": 10, "dry_run": False}
+    # One seq per deleted document, after what a dry run changes nothing of.
+    assert gone == {"deleted": 10, "dry_run": False, "seq": dry["seq"] + 10}
     assert client.post("/api/v1/collections/sci/count", json={"filter": where}).json() == {"count": 0}
     assert client.post("/api/v1/collections/sci/count", json={}).json() == {"count": DOCS - 10}
     # Put them back for the other tests.

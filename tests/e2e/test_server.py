@@ -530,17 +530,21 @@ def test_delete_documents_by_ids(server: AkidbServer) -> None:
     expect(upsert(api, name, [{"id": k, "vector": v} for k, v in vectors.items()]), 200)
     assert document_count(api, name) == 4
 
+    before = expect(api.get(f"/api/v1/collections/{name}"), 200)["seq"]
     assert expect(api.post(f"/api/v1/collections/{name}/delete", json={"ids": ["a", "b", "missing"]}), 200) == {
         "deleted": 2,
         "dry_run": False,
+        "seq": before + 2,
     }
     assert document_count(api, name) == 2
     for gone in ("a", "b"):
         expect_error(api.get(f"/api/v1/collections/{name}/documents/{gone}"), 404)
         assert gone not in [hit["id"] for hit in search(api, name, vector=vectors[gone], top_k=10)]
+    # Nothing deleted: the seq stays where the last write left it.
     assert expect(api.post(f"/api/v1/collections/{name}/delete", json={"ids": ["a"]}), 200) == {
         "deleted": 0,
         "dry_run": False,
+        "seq": before + 2,
     }
     assert search(api, name, vector=vectors["c"], top_k=1)[0]["id"] == "c"
 

@@ -31,6 +31,8 @@ async def raise_error(name: FromPath[str]) -> None:
     cls = ERRORS[name]
     if cls is errors.Overloaded:
         raise errors.Overloaded("queue is full", retry_after_s=2.5)
+    if cls is errors.NotCaughtUp:
+        raise errors.NotCaughtUp(f"{name} happened", applied_seq=3, min_seq=5, retry_after_s=2.0)
     raise cls(f"{name} happened")
 
 
@@ -79,3 +81,11 @@ def test_unknown_route_keeps_its_404(client: TestClient[Litestar]) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404
     assert response.json()["status_code"] == 404
+
+
+def test_not_caught_up_says_when_to_retry_and_how_far_it_got(client: TestClient[Litestar]) -> None:
+    response = client.get("/raise/NotCaughtUp")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    extra = response.json()["extra"]
+    assert (extra["applied_seq"], extra["min_seq"], extra["field"]) == (3, 5, "min_seq")

@@ -43,6 +43,7 @@ def runtime(tmp_path: Path) -> Any:
         embedding=EmbeddingSettings(cache_dir=str(REPO_ROOT / ".cache" / "akidb-tests"), cache_entries=0),
     )
     built = Runtime.build(settings)
+    built.migrate()
     built.open_storage()
     built.load_default_model()
     yield built

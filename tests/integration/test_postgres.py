@@ -56,7 +56,7 @@ def test_upsert_replace_delete_search_restart_on_postgres(postgres_url: str, tmp
             "pg", [SimpleNamespace(id="d0", text="new", vector=[9, 9, 9, 9], metadata={})]
         )
         assert (replaced.inserted, replaced.updated) == (0, 1)
-        assert await documents.delete("pg", ids=["d1", "missing"]) == 1
+        assert (await documents.delete("pg", ids=["d1", "missing"]))[0] == 1
         hits = (await search.search("pg", vector=[9, 9, 9, 9], top_k=3)).hits
         assert hits[0].id == "d0"
         assert hits[0].distance == pytest.approx(0.0, abs=1e-5)

@@ -168,7 +168,7 @@ def test_too_many_ids_to_delete(world: World) -> None:
         setting="max_ids_per_request",
     )
     assert world.rows() == SEEDED
-    assert run(world.services.documents.delete("docs", ids=["d0", "d1", "d2"])) == 3
+    assert run(world.services.documents.delete("docs", ids=["d0", "d1", "d2"]))[0] == 3
     assert world.rows() == SEEDED - 3
 
 

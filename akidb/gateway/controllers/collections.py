@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
@@ -10,7 +10,7 @@ from akidb.collections.service import CollectionInfo, CollectionService
 from akidb.errors import InvalidRequest
 from akidb.gateway.access import require_visible
 from akidb.gateway.errors import error_responses
-from akidb.gateway.schemas import Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
+from akidb.gateway.schemas import SEQ_HEADER, Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
 from akidb.storage.records import HnswParams
 
 
@@ -25,6 +25,8 @@ def to_wire(info: CollectionInfo) -> Collection:
         document_count=info.document_count,
         created_at=info.created_at.isoformat(),
         updated_at=info.updated_at.isoformat(),
+        seq=info.seq,
+        applied_seq=info.applied_seq,
     )
 
 
@@ -87,6 +89,15 @@ class CollectionController(Controller):
         metadata = None if data.metadata is UNSET else data.metadata
         return to_wire(await collection_service.update(name, metadata=metadata, ef_search=ef_search))
 
-    @delete("/{name:str}", status_code=204, operation_id="deleteCollection", responses=error_responses(404))
-    async def remove(self, name: FromPath[str], collection_service: NamedDependency[CollectionService]) -> None:
-        await collection_service.delete(name)
+    @delete(
+        "/{name:str}",
+        status_code=204,
+        operation_id="deleteCollection",
+        responses=error_responses(404),
+        response_headers=[SEQ_HEADER],
+    )
+    async def remove(
+        self, name: FromPath[str], collection_service: NamedDependency[CollectionService]
+    ) -> Response[None]:
+        seq = await collection_service.delete(name)
+        return Response(None, status_code=204, headers={SEQ_HEADER.name: str(seq)})

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from akidb.collections.documents import DocumentService
 from akidb.gateway.errors import error_responses
 from akidb.gateway.schemas import (
+    SEQ_HEADER,
     CountRequest,
     CountResponse,
     DeleteRequest,
@@ -16,6 +17,7 @@ from akidb.gateway.schemas import (
     Document,
     DocumentList,
     GetRequest,
+    MinSeqQuery,
     UpsertRequest,
     UpsertResponse,
     Usage,
@@ -45,6 +47,7 @@ class DocumentController(Controller):
     ) -> UpsertResponse:
         result = await document_service.upsert(name, data.documents)
         return UpsertResponse(
+            seq=result.seq,
             ids=result.ids,
             inserted=result.inserted,
             updated=result.updated,
@@ -53,15 +56,16 @@ class DocumentController(Controller):
             usage=Usage(total_tokens=result.total_tokens, duration_ms=result.duration_ms),
         )
 
-    @get("/documents/{doc_id:str}", operation_id="getDocument", responses=error_responses(404))
+    @get("/documents/{doc_id:str}", operation_id="getDocument", responses=error_responses(404, 422))
     async def get_one(
         self,
         name: FromPath[str],
         doc_id: FromPath[str],
         document_service: NamedDependency[DocumentService],
         include_vector: FromQuery[bool] = False,
+        min_seq: MinSeqQuery = None,
     ) -> Document:
-        record = await document_service.get(name, doc_id, include_vector=include_vector)
+        record = await document_service.get(name, doc_id, include_vector=include_vector, min_seq=min_seq)
         return to_wire(record, include_vector)
 
     @get("/documents", operation_id="listDocuments", responses=error_responses(404, 422))
@@ -72,24 +76,40 @@ class DocumentController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: FromQuery[str | None] = None,
         include_vector: FromQuery[bool] = False,
+        min_seq: MinSeqQuery = None,
     ) -> DocumentList:
-        page = await document_service.list(name, limit=limit, cursor=cursor, include_vector=include_vector)
+        page = await document_service.list(
+            name, limit=limit, cursor=cursor, include_vector=include_vector, min_seq=min_seq
+        )
         return DocumentList(
             documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
         )
 
-    @delete("/documents/{doc_id:str}", status_code=204, operation_id="deleteDocument", responses=error_responses(404))
+    @delete(
+        "/documents/{doc_id:str}",
+        status_code=204,
+        operation_id="deleteDocument",
+        responses=error_responses(404),
+        response_headers=[SEQ_HEADER],
+    )
     async def remove_one(
         self, name: FromPath[str], doc_id: FromPath[str], document_service: NamedDependency[DocumentService]
-    ) -> None:
-        await document_service.delete_one(name, doc_id)
+    ) -> Response[None]:
+        seq = await document_service.delete_one(name, doc_id)
+        return Response(None, status_code=204, headers={SEQ_HEADER.name: str(seq)})
 
     @post("/get", status_code=200, operation_id="getDocuments", responses=error_responses(404, 422))
     async def find(
         self, name: FromPath[str], data: JSONBody[GetRequest], document_service: NamedDependency[DocumentService]
     ) -> DocumentList:
         page = await document_service.find(
-            name, ids=data.ids, filter=data.filter, limit=data.limit, cursor=data.cursor, include=data.include
+            name,
+            ids=data.ids,
+            filter=data.filter,
+            limit=data.limit,
+            cursor=data.cursor,
+            include=data.include,
+            min_seq=data.min_seq,
         )
         include_vector = "vector" in data.include
         return DocumentList(
@@ -100,11 +120,11 @@ class DocumentController(Controller):
     async def count(
         self, name: FromPath[str], data: JSONBody[CountRequest], document_service: NamedDependency[DocumentService]
     ) -> CountResponse:
-        return CountResponse(count=await document_service.count(name, filter=data.filter))
+        return CountResponse(count=await document_service.count(name, filter=data.filter, min_seq=data.min_seq))
 
     @post("/delete", status_code=200, operation_id="deleteDocuments", responses=error_responses(404, 422))
     async def remove_many(
         self, name: FromPath[str], data: JSONBody[DeleteRequest], document_service: NamedDependency[DocumentService]
     ) -> DeleteResponse:
-        deleted = await document_service.delete(name, ids=data.ids, filter=data.filter, dry_run=data.dry_run)
-        return DeleteResponse(deleted=deleted, dry_run=data.dry_run)
+        deleted, seq = await document_service.delete(name, ids=data.ids, filter=data.filter, dry_run=data.dry_run)
+        return DeleteResponse(deleted=deleted, seq=seq, dry_run=data.dry_run)

@@ -29,6 +29,7 @@ class SearchController(Controller):
             mode=data.mode,
             filter=data.filter,
             fusion=None if data.fusion is None else Fusion(**msgspec.structs.asdict(data.fusion)),
+            min_seq=data.min_seq,
         )
         included = set(data.include)
         hits = [
