@@ -116,6 +116,7 @@ class Replica:
     def start(self, progress: Callable[[str], None] = lambda reason: None) -> None:
         """Blocking: open every collection, follow once, and say so to the database."""
         self.collections.open_all(lambda done, total: progress(f"opening collections: {done} of {total}"))
+        self.heartbeat()  # as early as possible: from now on, no purge passes this process by
         progress("catching up with the database")
         report = self.follower.follow()
         if report.complete:

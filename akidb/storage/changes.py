@@ -102,7 +102,9 @@ class ChangeFeed:
 
     def changes(self, collection_id: int, after: int, until: int | None = None, limit: int = 2000) -> Changes | None:
         """Writes with seq in (after, until] (until: the collection's last seq), at most `limit` rows: when
-        there are more, `until` comes back lowered to the last row's seq. None if the collection is gone."""
+        there are more, `until` comes back lowered to the last row's seq and `more` is set. Rows come as they
+        stand in the snapshot, so only a batch that reaches the collection's last seq gives its exact state
+        there; the earlier ones lack the documents rewritten after them. None if the collection is gone."""
         with self.snapshot() as snap:
             conn = snap.conn
             row = conn.execute(
@@ -187,16 +189,18 @@ class ChangeFeed:
                 select(_progress.c.collection_id, func.min(_progress.c.applied_seq)).group_by(_progress.c.collection_id)
             ).all()
             for collection_id, floor in floors:
-                result = conn.execute(
-                    delete(_tombstones).where(_tombstones.c.collection_id == collection_id, _tombstones.c.seq <= floor)
+                doomed = (_tombstones.c.collection_id == collection_id) & (_tombstones.c.seq <= floor)
+                # The highest seq actually purged, not the floor: a process that opened the collection after
+                # that seq missed nothing, and must not be sent to reopen it.
+                highest = conn.execute(select(func.max(_tombstones.c.seq)).where(doomed)).scalar_one_or_none()
+                if highest is None:
+                    continue
+                purged += conn.execute(delete(_tombstones).where(doomed)).rowcount
+                conn.execute(
+                    update(_collections)
+                    .where(_collections.c.id == collection_id, _collections.c.purged_seq < highest)
+                    .values(purged_seq=highest)
                 )
-                if result.rowcount:
-                    purged += result.rowcount
-                    conn.execute(
-                        update(_collections)
-                        .where(_collections.c.id == collection_id, _collections.c.purged_seq < floor)
-                        .values(purged_seq=floor)
-                    )
         return purged
 
     def progress(self) -> list[tuple[str, int, int, datetime]]:

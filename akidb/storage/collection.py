@@ -4,7 +4,7 @@ index) and the one path that every write takes, so that all of them see writes i
 The database is the truth. Opening a collection reads its rows once, in one snapshot, into the in-memory
 structures and loads the graph's checkpoint, replaying what came after it. From then on the collection
 follows the database: writes by this process are applied as they commit, and everything another process
-wrote before them is applied first (`catch_up`), so the structures always hold a prefix of the seq order.
+wrote before them is applied first (`catch_up`), so the structures always hold the database's state at some seq.
 """
 
 from __future__ import annotations
@@ -108,13 +108,16 @@ class OpenCollection:
         self.metadata.delete(labels)
         self.keyword.delete(labels)
 
-    def _apply_changes(self, changes: Changes) -> None:
-        if changes.purged_seq > self.applied_seq:
+    def _apply_changes(self, changes: Changes, after: int) -> None:
+        """One batch of changes after seq `after`. applied_seq moves only with the last batch: rows come as
+        they stand now, so the state at an earlier batch's end is never held on its own."""
+        if changes.purged_seq > after:
             self.stale = True
-            raise Stale(f"collection '{self.name}': tombstones after seq {self.applied_seq} were purged")
+            raise Stale(f"collection '{self.name}': tombstones after seq {after} were purged")
+        seq = self.applied_seq if changes.more else changes.until
         # Tombstones first: their labels are never reused, so they cannot hit a row of this batch.
         if changes.tombstones:
-            self._apply_deletes(changes.tombstones, changes.until)
+            self._apply_deletes(changes.tombstones, seq)
         if changes.rows:
             rows = changes.rows
             self._apply_rows(
@@ -123,30 +126,30 @@ class OpenCollection:
                 [row.text for row in rows],
                 [row.metadata for row in rows],
                 np.stack([blob_to_vector(row.vector) for row in rows]),
-                changes.until,
+                seq,
             )
-        self.graph.advance(changes.until)
+        self.graph.advance(seq)
 
-    def _step(self, until: int | None) -> tuple[int, bool]:
-        """One batch of changes after what is applied (under the write lock): (rows and deletions, more)."""
-        changes = self.feed.changes(self.id, self.applied_seq, until)
-        if changes is None:  # deleted by another process: the follower drops it
-            return 0, False
-        self._apply_changes(changes)
-        return len(changes.rows) + len(changes.tombstones), changes.more
-
-    def catch_up(self, until: int | None = None) -> int:
-        """Blocking: apply what other processes wrote, up to `until` (default: all); returns how many rows
-        and deletions were applied. Raises Stale when the collection must be reopened instead."""
-        applied, more = 0, True
+    def _catch_up_locked(self) -> int:
+        """Under the write lock: apply everything committed so far, in batches; returns how many rows and
+        deletions. Raises Stale when the collection must be reopened instead."""
+        applied, cursor, more = 0, self.applied_seq, True
         while more:
-            # The lock is released between batches, so that this process's own writes are not held up.
-            with self._write_lock:
-                if self.dropped or self.stale:
-                    break
-                count, more = self._step(until)
-            applied += count
+            changes = self.feed.changes(self.id, cursor)
+            if changes is None:  # deleted by another process: the follower drops it
+                break
+            self._apply_changes(changes, cursor)
+            applied += len(changes.rows) + len(changes.tombstones)
+            cursor, more = changes.until, changes.more
         return applied
+
+    def catch_up(self) -> int:
+        """Blocking: apply what other processes wrote; returns how many rows and deletions were applied.
+        Raises Stale when the collection must be reopened instead."""
+        with self._write_lock:
+            if self.dropped or self.stale:
+                return 0
+            return self._catch_up_locked()
 
     def write(self, commit: Callable[[], T], apply: Callable[[T], None]) -> T:
         """Run `commit` (the database transaction) and `apply` (its effect on the derived structures)
@@ -158,26 +161,23 @@ class OpenCollection:
             apply(outcome)
         return outcome
 
-    def _ready_for(self, base_seq: int) -> bool:
-        """Under the write lock, after our commit: apply what others committed before it. False when that
-        is impossible here (the collection is stale): the write stays committed, and the reopen brings it."""
-        if self.stale:
-            return False
+    def _before_write(self, base_seq: int) -> None:
+        """Under the write lock and the collection row's lock, before a write of ours: apply what others
+        committed first. If that is impossible (the collection is stale), the write still goes; this copy
+        skips it, and the reopen brings it."""
+        if self.applied_seq >= base_seq or self.stale:
+            return
         try:
-            more = True
-            while more and self.applied_seq < base_seq:
-                _, more = self._step(base_seq)
+            self._catch_up_locked()
         except Stale:
             log.warning("collection '%s' is stale; it will be reopened from the database", self.name)
-            return False
-        return True
 
     def upsert(self, store: Store, documents: Sequence[NewDocument]) -> UpsertOutcome:
         vectors = np.stack([doc.vector for doc in documents])
 
         def apply(outcome: UpsertOutcome) -> None:
-            if not self._ready_for(outcome.base_seq):
-                return
+            if self.applied_seq != outcome.base_seq:
+                return  # stale: see _before_write
             self._apply_rows(
                 outcome.labels,
                 [doc.id for doc in documents],
@@ -187,7 +187,7 @@ class OpenCollection:
                 outcome.last_seq,
             )
 
-        return self.write(lambda: store.upsert_documents(self.id, documents), apply)
+        return self.write(lambda: store.upsert_documents(self.id, documents, before=self._before_write), apply)
 
     def delete(self, store: Store, choose: Callable[[], Sequence[str]]) -> DeleteOutcome:
         """Delete the documents `choose` names. It runs under the write lock and the collection row's lock,
@@ -195,16 +195,20 @@ class OpenCollection:
         selects is exactly what goes."""
 
         def choose_when_caught_up(base_seq: int) -> Sequence[str]:
-            self._ready_for(base_seq)
+            self._before_write(base_seq)
             return choose()
 
         def apply(outcome: DeleteOutcome) -> None:
-            if self._ready_for(outcome.base_seq) and outcome.labels:
+            if self.applied_seq != outcome.base_seq:
+                return  # stale: see _before_write
+            if outcome.labels:
                 self._apply_deletes(outcome.labels, outcome.last_seq)
 
         return self.write(lambda: store.delete_documents(self.id, choose_when_caught_up), apply)
 
     def set_ef_search(self, ef_search: int) -> None:
+        if self.graph.params.ef_search == ef_search:
+            return  # the usual case, checked without waiting for a write in progress
         with self._write_lock:
             if self.graph.params.ef_search != ef_search:
                 self.graph.set_ef_search(ef_search)

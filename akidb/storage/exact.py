@@ -132,9 +132,14 @@ class ExactVectors:
         k = min(k, len(found))
         if k <= 0:
             return [], []
-        top = np.argpartition(distances, k - 1)[:k] if k < len(found) else np.arange(len(found))
+        if k < len(found):
+            # Everything as close as the k-th, so that ties at the boundary are settled by label too.
+            kth = np.partition(distances, k - 1)[k - 1]
+            top = np.flatnonzero(distances <= kth)
+        else:
+            top = np.arange(len(found))
         # Ties go to the lower label, so that equal vectors come back in a stable order.
-        top = top[np.lexsort((found[top], distances[top]))]
+        top = top[np.lexsort((found[top], distances[top]))][:k]
         return found[top].tolist(), distances[top].astype(np.float64).tolist()
 
 

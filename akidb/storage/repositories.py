@@ -146,8 +146,14 @@ class Store:
 
     # --- documents ---------------------------------------------------------------------------------
 
-    def upsert_documents(self, collection_id: int, documents: Sequence[NewDocument]) -> UpsertOutcome:
-        """Insert or replace, all in one transaction. Existing ids keep their label."""
+    def upsert_documents(
+        self,
+        collection_id: int,
+        documents: Sequence[NewDocument],
+        before: Callable[[int], None] = lambda last_seq: None,
+    ) -> UpsertOutcome:
+        """Insert or replace, all in one transaction. Existing ids keep their label. `before(last_seq)` runs
+        once the collection row is locked: the caller applies everything up to that seq first."""
         with self._writer.begin() as conn:
             # The collection row's lock first: on PostgreSQL two processes' writes to one collection take their
             # seq numbers in commit order (SQLite's BEGIN IMMEDIATE already serialises writers).
@@ -158,6 +164,7 @@ class Store:
             ).first()
             if head is None:
                 raise NotFound("the collection was deleted while the upsert ran")
+            before(head.last_seq)
             existing: dict[str, int] = {}
             ids = [doc.id for doc in documents]
             for chunk in _chunks(ids):
