@@ -53,7 +53,6 @@ class Replica:
         self.heartbeat_interval_s = max(self.follow_interval_s, min(10.0, timeout_s / 6))
         # Wall-clock start of the last complete round: everything committed before it is applied here.
         self.caught_up_at: float | None = None
-        self.started = False
         self._wake: asyncio.Event | None = None
         self._published: set[str] = set()
         REPLICA_LAG.set_function(self.lag_seconds)
@@ -122,7 +121,6 @@ class Replica:
         if report.complete:
             self.caught_up_at = report.started
         self.heartbeat()
-        self.started = True
         self._publish()
 
     def heartbeat(self) -> None:
