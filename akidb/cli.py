@@ -1,4 +1,4 @@
-"""akidb serve | migrate | models | keys."""
+"""akidb serve | migrate | models | keys | backup | restore."""
 
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         keys_commands.add_parser("revoke", help="revoke a key by id; every server refuses it within a second")
     )
     revoke.add_argument("key_id")
+    backup = with_config(
+        commands.add_parser("backup", help="copy a SQLite database, consistently, while a server may be running")
+    )
+    backup.add_argument("dest", help="a new file, or a folder to hold akidb.sqlite3; the indexes are left out")
+    restore = with_config(
+        commands.add_parser("restore", help="put a backup into an empty data directory (indexes rebuild on start)")
+    )
+    restore.add_argument("src", help="a file written by akidb backup")
     return parser
 
 
@@ -216,6 +224,23 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from akidb.storage.backup import BackupError, backup, restore
+
+    storage = settings.storage
+    try:
+        if args.command == "backup":
+            summary = backup(storage.resolved_url, Path(args.dest))
+        else:
+            summary = restore(Path(args.src), storage.resolved_url, Path(storage.data_dir), storage.index_dir)
+    except BackupError as exc:
+        print(f"akidb: {exc}", file=sys.stderr)
+        return 2
+    verb = "backed up to" if args.command == "backup" else "restored to"
+    print(f"{verb} {summary.describe()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from akidb.auth.keys import valid_admin_key_setting
     from akidb.embedding.registry import registry_from_settings
@@ -246,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _models(settings, args)
     elif args.command == "keys":
         return _keys(settings, args)
+    elif args.command in {"backup", "restore"}:
+        return _backup_or_restore(settings, args)
     return 0
 
 
