@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check akidb tests bench deploy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint deploy/docker/Dockerfile
+	@if command -v promtool >/dev/null 2>&1; then promtool check rules deploy/observability/alerts.yml && promtool test rules deploy/observability/alerts_test.yml; else echo "skipping promtool check/test rules deploy/observability: promtool is not installed (apt-get install prometheus)"; fi
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

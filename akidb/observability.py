@@ -49,3 +49,28 @@ REPLICA_LAG = Gauge(
     "Upper bound on how stale this process's view of the database is: seconds since the start of its last "
     "complete round of following (0 to about storage.follow_interval_ms when it keeps up)",
 )
+MODEL_MEMORY = Gauge(
+    "akidb_model_memory_bytes",
+    "What each loaded model costs in memory: the larger of the growth in resident memory over its load and "
+    "the bytes of its weights (as GET /api/v1/models reports); the series goes when the model is unloaded",
+    ["model"],
+)
+MODEL_LOAD_FAILURES = Counter(
+    "akidb_model_load_failures_total", "Model loads (build and warm-up) that raised", ["model"]
+)
+INDEX_CHECKPOINTS = Counter(
+    "akidb_index_checkpoints_total", "Periodic rounds of saving index checkpoints that completed"
+)
+INDEX_CHECKPOINT_FAILURES = Counter(
+    "akidb_index_checkpoint_failures_total",
+    "Periodic rounds of saving index checkpoints that failed (retried next round; the database still holds "
+    "everything, but a restart rebuilds more from it)",
+)
+REJECT_REASONS = ("queue_full", "deadline", "disconnected")
+
+
+def init_model_series(model: str) -> None:
+    """Create a model's counters at 0, so that rate() and alerts see them before the first event."""
+    for reason in REJECT_REASONS:
+        REJECTED.labels(model, reason)
+    MODEL_LOAD_FAILURES.labels(model)

@@ -8,6 +8,7 @@ models past `max_loaded_models` or `max_model_memory_mb`. Inference runs on one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -94,6 +95,12 @@ def model_revision(path: Path) -> str:
         stat = file.stat()
         digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
+
+
+def _forget_memory(model_id: str) -> None:
+    """Drop an unloaded model's akidb_model_memory_bytes series."""
+    with contextlib.suppress(KeyError):
+        observability.MODEL_MEMORY.remove(model_id)
 
 
 def _weight_bytes(provider: EmbeddingProvider) -> int:
@@ -253,12 +260,17 @@ class EmbeddingRouter:
             loaded = self._loaded.get(model_id)
             if loaded is not None:
                 return loaded.provider
+            observability.init_model_series(model_id)
             with self._measure_lock:
                 release_freed_memory()
                 before = resident_bytes()
                 started = time.perf_counter()
-                provider, revision = self._build(spec)
-                provider.warmup()
+                try:
+                    provider, revision = self._build(spec)
+                    provider.warmup()
+                except Exception:
+                    observability.MODEL_LOAD_FAILURES.labels(model_id).inc()
+                    raise
                 seconds = time.perf_counter() - started
                 growth = max(resident_bytes() - before, 0)
             weights = _weight_bytes(provider)
@@ -268,6 +280,7 @@ class EmbeddingRouter:
             loaded = _Loaded(provider, info, self.settings)
             with self._guard:
                 self._loaded[model_id] = loaded
+            observability.MODEL_MEMORY.labels(model_id).set(memory)
             log.info(
                 "loaded model %s with %s (%s) in %.1fs, %.0f MiB resident",
                 model_id,
@@ -298,6 +311,7 @@ class EmbeddingRouter:
                 evicted.append(self._loaded.pop(victim))
         for loaded in evicted:
             log.info("unloading model %s (least recently used)", loaded.info.model)
+            _forget_memory(loaded.info.model)
             loaded.close_after_pending_work()
         if evicted:
             release_freed_memory()
@@ -309,6 +323,7 @@ class EmbeddingRouter:
             loaded = self._loaded.pop(model_id, None)
         if loaded is None:
             return False
+        _forget_memory(model_id)
         loaded.close_after_pending_work()
         release_freed_memory()
         log.info("unloaded model %s", model_id)

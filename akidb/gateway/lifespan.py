@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 import anyio.to_thread
 from litestar import Litestar
 
+from akidb import observability
 from akidb.errors import AkidbError
 from akidb.gateway.runtime import Runtime
 
@@ -26,7 +27,10 @@ async def _save_periodically(runtime: Runtime) -> None:
         try:
             await anyio.to_thread.run_sync(runtime.open_collections.save_all)
         except Exception:  # a failed checkpoint is retried; the database still holds everything
+            observability.INDEX_CHECKPOINT_FAILURES.inc()
             log.exception("saving index checkpoints failed")
+        else:
+            observability.INDEX_CHECKPOINTS.inc()
 
 
 def _stop(runtime: Runtime, reason: str, exc: Exception) -> None:
