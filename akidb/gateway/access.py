@@ -43,6 +43,10 @@ RIGHTS: dict[str, Right] = {
     "GET /schema/swagger": Right.PUBLIC,
     "GET /schema/oauth2-redirect.html": Right.PUBLIC,
     "GET /schema/{path}": Right.PUBLIC,
+    # Swagger UI's files for the page above (from the swagger-ui-py package), and the page at /docs.
+    "GET /schema/assets/{file_path}": Right.PUBLIC,
+    "HEAD /schema/assets/{file_path}": Right.PUBLIC,
+    "GET /docs": Right.PUBLIC,
     "POST /api/v1/collections": Right.ADMIN,
     "GET /api/v1/collections": Right.READ,
     f"GET {_COLLECTION}": Right.READ,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.enums import MediaType
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
 
 from akidb import __version__
 from akidb.auth.keys import ANONYMOUS, Principal
@@ -31,6 +37,37 @@ from akidb.gateway.runtime import Runtime
 
 class MetricsController(PrometheusController):
     path = "/metrics"
+
+
+# The interactive API page loads Swagger UI (5.x, which reads OpenAPI 3.1) from the files the swagger-ui-py
+# package ships, served here, never from a CDN: it works with no internet.
+ASSETS = "/schema/assets"
+
+
+def _swagger_ui_dist() -> Path:
+    """The folder of Swagger UI's dist files in the swagger-ui-py package (swagger_ui/static)."""
+    static = Path(str(files("swagger_ui"))) / "static"
+    if not (static / "swagger-ui-bundle.js").is_file():
+        raise RuntimeError(f"swagger-ui-py is installed without Swagger UI's files (looked in {static})")
+    return static
+
+
+def _api_page() -> tuple[SwaggerRenderPlugin, Router, HTTPRouteHandler]:
+    """The Swagger UI page (/schema/swagger, and /docs), the files it loads, and the /docs handler."""
+    swagger = SwaggerRenderPlugin(
+        path="/swagger",
+        js_url=f"{ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{ASSETS}/favicon-32x32.png'>",
+    )
+    assets = create_static_files_router(path=ASSETS, directories=[_swagger_ui_dist()], name="swagger-ui-assets")
+
+    @get("/docs", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+    def docs(request: Request[Any, Any, Any]) -> bytes:
+        return swagger.render(request, request.app.openapi_schema.to_schema())
+
+    return swagger, assets, docs
 
 
 def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -61,6 +98,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     runtime = runtime or Runtime.build(settings)
     prometheus = PrometheusConfig(app_name="akidb", prefix="akidb", group_path=True)
     cors = settings.server.cors_origins
+    swagger, swagger_assets, docs = _api_page()
     app = Litestar(
         route_handlers=[
             CollectionController,
@@ -72,6 +110,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             KeyController,
             HealthController,
             MetricsController,
+            swagger_assets,
+            docs,
         ],
         dependencies=_dependencies(runtime),
         guards=[AccessGuard(settings.auth, runtime.keys)],
@@ -84,7 +124,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             title="AkiDB gateway",
             version=__version__,
             path="/schema",
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger],
         ),
     )
     declare_rights(app)

@@ -370,6 +370,9 @@ SAMPLES: dict[str, Callable[[Env, str], Call]] = {
     "GET /schema/oauth2-redirect.html": _fixed("/schema/oauth2-redirect.html"),
     # Litestar's catch-all under /schema: its only answer is an HTML "404 Not found" page.
     "GET /schema/{path}": _fixed("/schema/no-such-page", success=404),
+    "GET /schema/assets/{file_path}": _fixed("/schema/assets/swagger-ui-bundle.js"),
+    "HEAD /schema/assets/{file_path}": _fixed("/schema/assets/swagger-ui.css"),
+    "GET /docs": _fixed("/docs"),
     "POST /api/v1/collections": _create_collection,
     "GET /api/v1/collections": _list_collections,
     f"GET {_C}": _collection_route(""),
@@ -418,7 +421,7 @@ def right_by_api_md(key: str) -> Right | None:
     the expectations below rely on): a wrong entry there would otherwise make the matrix expect the wrong
     answer. None: a route the rules do not cover (a new route: extend them)."""
     method, path = key.split(" ", 1)
-    if path.startswith(("/health/", "/schema")):
+    if path.startswith(("/health/", "/schema")) or path == "/docs":
         return Right.PUBLIC
     if path == "/metrics":
         return Right.METRICS
