@@ -249,3 +249,30 @@ def akidb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AkidbServ
         yield server
     finally:
         server.close()
+
+
+CLI_TIMEOUT_S = 120.0
+
+
+def run_akidb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m akidb ARGS` in `cwd` (no akidb.toml is picked up from elsewhere), with the tests' child
+    environment unless `env` is given."""
+    return subprocess.run(
+        [sys.executable, "-m", "akidb", *args],
+        cwd=cwd,
+        env=_child_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Exit 2 with one line on stderr that holds every word; returns the line."""
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]

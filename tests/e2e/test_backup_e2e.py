@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import AkidbServer, _child_env
+from tests.e2e.conftest import AkidbServer, assert_one_line_refusal, run_akidb
 
 pytestmark = pytest.mark.e2e
 
@@ -26,33 +24,12 @@ CONFIG = '[embedding]\nprovider = "mock"\n'
 COLLECTION = "backed"
 DIMENSION = 4
 BATCH = 25
-CLI_TIMEOUT_S = 120.0
 GET_CHUNK = 100
 
 
 def vector_of(n: int) -> list[float]:
     # Multiples of 1/8: exact in float32, so what comes back equals what went in.
     return [n / 8.0, (n % 7) / 8.0, -(n % 5) / 8.0, 1.0]
-
-
-def akidb(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "akidb", *args],
-        cwd=cwd,  # no akidb.toml is picked up from the working directory
-        env=_child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
-
-
-def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
-    for word in words:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
 
 
 class Writer(threading.Thread):
@@ -113,7 +90,7 @@ def test_backup_under_write_load_restores_every_acknowledged_document(tmp_path: 
 
         backup_path = tmp_path / "backup.sqlite3"
         began = time.monotonic()
-        result = akidb("backup", str(backup_path), "--data-dir", str(source.data_dir), cwd=tmp_path)
+        result = run_akidb("backup", str(backup_path), "--data-dir", str(source.data_dir), cwd=tmp_path)
         ended = time.monotonic()
         assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         assert str(backup_path) in result.stdout, result.stdout
@@ -131,7 +108,7 @@ def test_backup_under_write_load_restores_every_acknowledged_document(tmp_path: 
         assert not list(tmp_path.glob(".backup.sqlite3.partial-*")), "a temporary file was left behind"
 
         new_dir = tmp_path / "restored" / "data"
-        result = akidb("restore", str(backup_path), "--data-dir", str(new_dir), cwd=tmp_path)
+        result = run_akidb("restore", str(backup_path), "--data-dir", str(new_dir), cwd=tmp_path)
         assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         assert (new_dir / "akidb.sqlite3").is_file()
         assert not (new_dir / "indexes").exists() or not any((new_dir / "indexes").iterdir())
@@ -178,24 +155,26 @@ def test_backup_under_write_load_restores_every_acknowledged_document(tmp_path: 
 
 def test_restore_refuses_a_non_empty_data_directory(tmp_path: Path) -> None:
     data_dir = tmp_path / "d1"
-    migrated = akidb("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    migrated = run_akidb("migrate", "--data-dir", str(data_dir), cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
     backup_path = tmp_path / "b.sqlite3"
-    result = akidb("backup", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path)
+    result = run_akidb("backup", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
     target = tmp_path / "busy"
     target.mkdir()
     (target / "something").write_text("x")
     assert_one_line_refusal(
-        akidb("restore", str(backup_path), "--data-dir", str(target), cwd=tmp_path), "not empty", str(target)
+        run_akidb("restore", str(backup_path), "--data-dir", str(target), cwd=tmp_path), "not empty", str(target)
     )
     assert sorted(path.name for path in target.iterdir()) == ["something"]
     # Nor over a database, a server's own data directory included.
-    assert_one_line_refusal(akidb("restore", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path), "not empty")
+    assert_one_line_refusal(
+        run_akidb("restore", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path), "not empty"
+    )
     # Nor over an existing backup file.
     assert_one_line_refusal(
-        akidb("backup", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path), "already exists"
+        run_akidb("backup", str(backup_path), "--data-dir", str(data_dir), cwd=tmp_path), "already exists"
     )
 
 
@@ -203,8 +182,8 @@ def test_backup_of_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
     config = tmp_path / "akidb.toml"
     # Nothing listens there: the refusal comes before any connection.
     config.write_text('[storage]\nurl = "postgresql+psycopg://akidb@127.0.0.1:1/akidb"\n', encoding="utf-8")
-    result = akidb("backup", str(tmp_path / "out.sqlite3"), "--config", str(config), cwd=tmp_path)
+    result = run_akidb("backup", str(tmp_path / "out.sqlite3"), "--config", str(config), cwd=tmp_path)
     assert_one_line_refusal(result, "pg_dump")
     assert not (tmp_path / "out.sqlite3").exists()
-    result = akidb("restore", str(tmp_path / "out.sqlite3"), "--config", str(config), cwd=tmp_path)
+    result = run_akidb("restore", str(tmp_path / "out.sqlite3"), "--config", str(config), cwd=tmp_path)
     assert_one_line_refusal(result, "pg_restore")

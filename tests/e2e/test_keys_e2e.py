@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from akidb.config import Settings
-from tests.e2e.conftest import AkidbServer, _child_env, free_port
+from tests.e2e.conftest import AkidbServer, _child_env, assert_one_line_refusal, free_port, run_akidb
 
 pytestmark = pytest.mark.e2e
 
@@ -209,27 +209,6 @@ def child_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def akidb(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "akidb", *args],
-        cwd=cwd,  # no akidb.toml is picked up from the working directory
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
-
-
-def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
 class Served:
     """`akidb serve` run by hand (not AkidbServer: these set the host and the environment themselves)."""
 
@@ -278,7 +257,7 @@ class Served:
 def test_non_loopback_host_with_auth_off_refuses_to_start(tmp_path: Path) -> None:
     args = ["serve", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
     started = time.monotonic()
-    result = akidb(*args, cwd=tmp_path, env=child_env())
+    result = run_akidb(*args, cwd=tmp_path, env=child_env())
     assert time.monotonic() - started < CLI_TIMEOUT_S
     line = assert_one_line_refusal(result, "auth.allow_anonymous", "0.0.0.0")
     assert line.startswith("akidb: ")
@@ -304,11 +283,13 @@ def test_auth_on_without_a_usable_key_refuses_then_a_cli_key_lets_it_start(tmp_p
     env = child_env(AKIDB_AUTH_ENABLED="true")
     assert "AKIDB_AUTH_ADMIN_KEY" not in env
 
-    refused = akidb("serve", "--port", str(free_port()), "--data-dir", data_dir, cwd=tmp_path, env=env)
+    refused = run_akidb("serve", "--port", str(free_port()), "--data-dir", data_dir, cwd=tmp_path, env=env)
     assert_one_line_refusal(refused, "auth.admin_key", "akidb keys create")
     assert "Uvicorn running" not in refused.stdout + refused.stderr
 
-    created = akidb("keys", "create", "--name", "ops", "--role", "admin", "--data-dir", data_dir, cwd=tmp_path, env=env)
+    created = run_akidb(
+        "keys", "create", "--name", "ops", "--role", "admin", "--data-dir", data_dir, cwd=tmp_path, env=env
+    )
     assert created.returncode == 0, created.stderr
     fields = dict(line.split(": ", 1) for line in created.stdout.splitlines())
     key = fields["key"]
@@ -340,7 +321,7 @@ def test_cli_keys_create_list_revoke(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return akidb("keys", *args, *data, cwd=tmp_path, env=env)
+        return run_akidb("keys", *args, *data, cwd=tmp_path, env=env)
 
     first = run("create", "--name", "reader", "--role", "read", "--collections", "docs,team-*", "--expires-in", "1h")
     assert first.returncode == 0, first.stderr
