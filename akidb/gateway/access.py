@@ -66,6 +66,7 @@ RIGHTS: dict[str, Right] = {
     "GET /api/v1/models/{model_id}": Right.READ,
     "POST /api/v1/models/{model_id}/load": Right.SERVER,
     "POST /api/v1/models/{model_id}/unload": Right.SERVER,
+    "GET /api/v1/limits": Right.READ,
     "POST /api/v1/keys": Right.SERVER,
     "GET /api/v1/keys": Right.SERVER,
     "DELETE /api/v1/keys/{key_id}": Right.SERVER,

@@ -27,7 +27,7 @@ from akidb.gateway.controllers.embed import EmbedController, OpenAIEmbeddingsCon
 from akidb.gateway.controllers.keys import KeyController
 from akidb.gateway.controllers.models import ModelController
 from akidb.gateway.controllers.search import SearchController
-from akidb.gateway.controllers.system import HealthController
+from akidb.gateway.controllers.system import HealthController, LimitsController
 from akidb.gateway.errors import EXCEPTION_HANDLERS
 from akidb.gateway.lifespan import lifespan
 from akidb.gateway.middleware import request_scope_middleware
@@ -76,7 +76,7 @@ def _principal(request: Request[Any, Any, Any]) -> Principal:
     return principal if isinstance(principal, Principal) else ANONYMOUS
 
 
-def _dependencies(runtime: Runtime) -> dict[str, Provide]:
+def _dependencies(runtime: Runtime, settings: Settings) -> dict[str, Provide]:
     """Each controller asks for the service it uses, by name."""
 
     def constant(value: object) -> Provide:
@@ -90,6 +90,7 @@ def _dependencies(runtime: Runtime) -> dict[str, Provide]:
         "embedding_router": constant(runtime.router),
         "model_registry": constant(runtime.registry),
         "readiness": constant(runtime.readiness),
+        "limits": constant(settings.limits),
         "principal": Provide(_principal, sync_to_thread=False),
     }
 
@@ -109,11 +110,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             ModelController,
             KeyController,
             HealthController,
+            LimitsController,
             MetricsController,
             swagger_assets,
             docs,
         ],
-        dependencies=_dependencies(runtime),
+        dependencies=_dependencies(runtime, settings),
         guards=[AccessGuard(settings.auth, runtime.keys)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan(runtime)],

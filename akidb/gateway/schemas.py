@@ -391,6 +391,21 @@ class ApiKeyList(_Out):
 # --- operations ---
 
 
+class Limits(_Out):
+    """What one request may hold on this server, so that a client sizes its batches under them."""
+
+    max_body_bytes: int
+    max_documents_per_upsert: int
+    max_inputs_per_embed: int
+    max_text_chars: int
+    max_top_k: int
+    max_ids_per_request: int
+    max_page_size: int
+    max_filter_depth: int
+    max_filter_nodes: int
+    max_filter_values: int
+
+
 class Health(_Out):
     status: str
     detail: str | None = None

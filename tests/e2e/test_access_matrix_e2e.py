@@ -392,6 +392,7 @@ SAMPLES: dict[str, Callable[[Env, str], Call]] = {
     "GET /api/v1/models/{model_id}": lambda env, prefix: Call(f"/api/v1/models/{env.model}"),
     "POST /api/v1/models/{model_id}/load": _model_route("load"),
     "POST /api/v1/models/{model_id}/unload": _model_route("unload"),
+    "GET /api/v1/limits": _fixed("/api/v1/limits"),
     "POST /api/v1/keys": _create_key,
     "GET /api/v1/keys": _fixed("/api/v1/keys"),
     "DELETE /api/v1/keys/{key_id}": _revoke_key,
@@ -429,7 +430,7 @@ def right_by_api_md(key: str) -> Right | None:
         return Right.SERVER
     if path.startswith("/api/v1/models"):
         return Right.READ if method == "GET" else None
-    if path in ("/api/v1/embed", "/v1/embeddings"):
+    if path in ("/api/v1/embed", "/v1/embeddings", "/api/v1/limits"):
         return Right.READ
     if path in ("/api/v1/collections", _C):
         return Right.READ if method == "GET" else Right.ADMIN
