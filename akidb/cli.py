@@ -1,4 +1,4 @@
-"""akidb serve | migrate | models | keys | backup | restore."""
+"""akidb serve | migrate | models | keys | backup | restore | import | export."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from akidb.config import Settings, load_settings
 from akidb.errors import ConfigError
+from akidb.tools.arguments import add_parsers as add_tool_parsers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser("restore", help="put a backup into an empty data directory (indexes rebuild on start)")
     )
     restore.add_argument("src", help="a file written by akidb backup")
+    add_tool_parsers(commands)
     return parser
 
 
@@ -246,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from akidb.embedding.registry import registry_from_settings
 
     args = _parser().parse_args(argv)
+    if args.command in {"import", "export"}:
+        # Clients of a server over HTTP: no server settings are read.
+        from akidb.tools.commands import run
+
+        return run(args)
     try:
         settings = _settings(args)
         registry_from_settings(settings.embedding)

@@ -183,7 +183,8 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 _ENV_PREFIX = "AKIDB_"
 # Environment variables with the prefix that are not settings keys.
-_ENV_NOT_SETTINGS = {"AKIDB_CONFIG"}
+# AKIDB_URL and AKIDB_API_KEY are for akidb import/export, the server's clients.
+_ENV_NOT_SETTINGS = {"AKIDB_CONFIG", "AKIDB_URL", "AKIDB_API_KEY"}
 _ENV_SYNONYMS = {("embedding", "mode"): ("embedding", "provider")}
 _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
 
