@@ -244,15 +244,15 @@ def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from akidb.auth.keys import valid_admin_key_setting
-    from akidb.embedding.registry import registry_from_settings
-
     args = _parser().parse_args(argv)
     if args.command in {"import", "export"}:
         # Clients of a server over HTTP: no server settings are read.
         from akidb.tools.commands import run
 
         return run(args)
+    from akidb.auth.keys import valid_admin_key_setting
+    from akidb.embedding.registry import registry_from_settings
+
     try:
         settings = _settings(args)
         registry_from_settings(settings.embedding)

@@ -60,7 +60,7 @@ class AuthSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     admin_key: str = ""
     # Serving on a non-loopback address with auth off refuses to start unless this accepts the risk.
     allow_anonymous: bool = False
-    # /metrics without a key (Prometheus can also send one: bearer_token_file in its scrape config).
+    # /metrics without a key (Prometheus can also send one: `authorization: {credentials_file: ...}`).
     public_metrics: bool = False
     # How long a checked key is trusted before the database is asked again: a revocation made by any
     # process takes effect everywhere within this time.

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+import msgspec
+
 from akidb.client.models import UpsertResult, Usage
 
 __all__ = ["batches", "document_id", "merge_upserts", "prepare"]
@@ -15,10 +17,19 @@ __all__ = ["batches", "document_id", "merge_upserts", "prepare"]
 _CONTENT_FIELDS = ("text", "vector", "metadata")
 
 
-def _vector(values: Iterable[Any]) -> list[float]:
-    # Any sequence of numbers (a list, a tuple, a numpy array) as plain floats: [1, 2] and [1.0, 2.0] are one
-    # content and hash alike.
-    return [float(value) for value in values]
+def _vector(values: Iterable[Any] | msgspec.Raw) -> list[float] | msgspec.Raw:
+    """Any sequence of numbers (a list, a tuple, a numpy array) as plain floats: [1, 2] and [1.0, 2.0] are one
+    content and hash alike. msgspec converts in C (a 384-value vector per document adds up on an import) and
+    refuses what is not a number (a bool, a string) with the position. A msgspec.Raw (the JSON text of the
+    array, as `akidb import` reads it from a file) goes out as it is: the server checks it."""
+    if isinstance(values, msgspec.Raw):
+        return values
+    tolist = getattr(values, "tolist", None)
+    plain = tolist() if callable(tolist) else values if isinstance(values, list) else list(values)
+    try:
+        return msgspec.convert(plain, list[float])
+    except msgspec.ValidationError as exc:
+        raise TypeError(f"a vector must hold numbers only: {exc}") from None
 
 
 def document_id(document: Mapping[str, Any]) -> str:
@@ -30,7 +41,9 @@ def document_id(document: Mapping[str, Any]) -> str:
         value = document.get(name)
         if value is None or (name == "metadata" and not value):
             continue  # absent, null and (for metadata) {} are stored alike
-        content[name] = _vector(value) if name == "vector" else value
+        if name == "vector":
+            value = msgspec.json.decode(value, type=list[float]) if isinstance(value, msgspec.Raw) else _vector(value)
+        content[name] = value
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 

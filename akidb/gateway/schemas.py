@@ -187,9 +187,12 @@ class UpsertResponse(_Out):
 
 
 class Document(_Out, omit_defaults=True):
+    """A field is left out only when the request's `include` left it out: a document without text has
+    `"text": null`, one without metadata `"metadata": {}`."""
+
     id: str
-    text: str | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    text: str | UnsetType | None = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
     vector: list[float] | UnsetType = UNSET
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 # Client-side settings (like OPENAI_API_KEY), not server settings: config.py leaves them alone.
 URL_ENV = "AKIDB_URL"
@@ -21,9 +22,19 @@ def _with_server(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+class _ToolParser(argparse.ArgumentParser):
+    """A usage mistake exits 1 (a fatal error), not argparse's 2: to `akidb import`, 2 means that documents
+    were rejected, and a script must be able to tell the two apart."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def add_parsers(commands: Any) -> None:
     """Add `import` and `export` to the CLI's subcommands."""
     imp = commands.add_parser("import", help="load a JSON Lines or CSV file into a collection (resumable)")
+    imp.__class__ = _ToolParser
     imp.add_argument("file", help="JSON Lines (one document per line) or CSV with a header row")
     imp.add_argument("--collection", required=True)
     _with_server(imp)
@@ -43,6 +54,7 @@ def add_parsers(commands: Any) -> None:
     imp.add_argument("--create", action="store_true", help="create the collection if missing (default model)")
     imp.add_argument("--restart", action="store_true", help="forget the saved progress and start from the top")
     exp = commands.add_parser("export", help="write a collection as JSON Lines that akidb import reads")
+    exp.__class__ = _ToolParser
     exp.add_argument("collection")
     _with_server(exp)
     exp.add_argument("--filter", help="a metadata filter (JSON), as in search")

@@ -63,18 +63,22 @@ async def _import(args: argparse.Namespace) -> int:
             )
     if summary.already_done:
         print(
-            f"{source} was already imported into '{args.collection}' ({summary.imported:,} documents, "
+            f"{source} was already imported into '{args.collection}' ({_documents(summary.imported)}, "
             f"{summary.rejected:,} rejected); --restart imports it again"
         )
         return summary.exit_code
     resumed = f", resumed after line {summary.resumed_at_line:,}" if summary.resumed_at_line else ""
     print(
-        f"imported {summary.imported:,} documents into '{args.collection}' ({summary.inserted:,} new, "
+        f"imported {_documents(summary.imported)} into '{args.collection}' ({summary.inserted:,} new, "
         f"{summary.updated:,} replaced in this run{resumed}); {summary.rejected:,} rejected"
     )
     if summary.rejected:
         print(f"rejected documents and their reasons: {rejects_path(source)}")
     return summary.exit_code
+
+
+def _documents(count: int) -> str:
+    return f"{count:,} document" if count == 1 else f"{count:,} documents"
 
 
 def _line(source: Path) -> str:
@@ -104,5 +108,5 @@ async def _export(args: argparse.Namespace) -> int:
         except (AkiDBError, OSError) as exc:
             return _fail(f"export stopped: {describe_failure(exc)}")
     if output is not None:
-        print(f"exported {written:,} documents from '{args.collection}' to {output}")
+        print(f"exported {_documents(written)} from '{args.collection}' to {output}")
     return 0

@@ -1,9 +1,9 @@
 """The resume state of `akidb import`: how far into the file every document is acknowledged, beside the file.
 
-It is rewritten atomically (temporary file, fsync, rename) after each contiguous run of acknowledged batches, and
-only after the rejects of those batches are on disk, so a kill -9 at any moment leaves a state that a rerun can
-trust: everything before `offset` is in the collection or in the rejects file (whose length is `rejects_bytes`),
-nothing after it is counted anywhere.
+It is rewritten atomically (temporary file, fsync, rename) after contiguous runs of acknowledged batches (at
+most twice a second, and at the end), and only after the rejects of those batches are on disk, so a kill -9 at
+any moment leaves a state that a rerun can trust: everything before `offset` is in the collection or in the
+rejects file (whose length is `rejects_bytes`), nothing after it is counted anywhere.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -269,3 +270,47 @@ def test_a_fatal_error_exits_1_and_names_it(akidb_server: AkidbServer, tmp_path:
     result = run_akidb("import", str(source), "--collection", "no-such", "--url", akidb_server.base_url, cwd=tmp_path)
     assert result.returncode == 1
     assert "'no-such' does not exist" in result.stderr
+
+
+def test_on_a_terminal_the_import_draws_a_progress_bar(akidb_server: AkidbServer, tmp_path: Path) -> None:
+
+    source = tmp_path / "bar.jsonl"
+    lines = [json.dumps({"id": f"bar-{n}", "text": fortune["text"]}) for n, fortune in enumerate(fortunes()[:300])]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    leader, follower = pty.openpty()
+    try:
+        args = ["import", str(source), "--collection", "bar", "--create", "--url", akidb_server.base_url]
+        result = subprocess.run(
+            [sys.executable, "-m", "akidb", *args],
+            cwd=tmp_path,
+            env=_child_env() | {"COLUMNS": "160", "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=120,
+            check=False,
+        )
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other end is closed and everything has been read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert result.returncode == 0, drawn.decode(errors="replace")
+    screen = drawn.decode(errors="replace")
+    assert "docs/s" in screen
+    assert "ETA" in screen
+    assert "100%" in screen
+    assert "300 docs" in screen
+
+
+def test_a_usage_mistake_exits_1_not_2_which_means_rejected_documents(tmp_path: Path) -> None:
+    result = run_akidb("import", str(tmp_path / "any.jsonl"), "--batch-size", "many", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "--batch-size" in result.stderr

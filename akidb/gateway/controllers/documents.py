@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
@@ -25,9 +26,18 @@ from akidb.gateway.schemas import (
 from akidb.storage.records import DocumentRecord
 
 
-def to_wire(record: DocumentRecord, include_vector: bool) -> Document:
-    document = Document(id=record.id, text=record.text, metadata=record.metadata)
-    if include_vector and record.vector is not None:
+def _with_vector(include_vector: bool) -> tuple[str, ...]:
+    """What the GET routes show: text and metadata always, the vector on request."""
+    return ("text", "metadata", "vector") if include_vector else ("text", "metadata")
+
+
+def to_wire(record: DocumentRecord, include: Collection[str]) -> Document:
+    document = Document(id=record.id)
+    if "text" in include:
+        document.text = record.text
+    if "metadata" in include:
+        document.metadata = record.metadata
+    if "vector" in include and record.vector is not None:
         document.vector = record.vector.tolist()
     return document
 
@@ -66,7 +76,7 @@ class DocumentController(Controller):
         min_seq: MinSeqQuery = None,
     ) -> Document:
         record = await document_service.get(name, doc_id, include_vector=include_vector, min_seq=min_seq)
-        return to_wire(record, include_vector)
+        return to_wire(record, _with_vector(include_vector))
 
     @get("/documents", operation_id="listDocuments", responses=error_responses(404, 422))
     async def list_page(
@@ -82,7 +92,8 @@ class DocumentController(Controller):
             name, limit=limit, cursor=cursor, include_vector=include_vector, min_seq=min_seq
         )
         return DocumentList(
-            documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
+            documents=[to_wire(record, _with_vector(include_vector)) for record in page.documents],
+            next_cursor=page.next_cursor,
         )
 
     @delete(
@@ -111,9 +122,8 @@ class DocumentController(Controller):
             include=data.include,
             min_seq=data.min_seq,
         )
-        include_vector = "vector" in data.include
         return DocumentList(
-            documents=[to_wire(record, include_vector) for record in page.documents], next_cursor=page.next_cursor
+            documents=[to_wire(record, data.include) for record in page.documents], next_cursor=page.next_cursor
         )
 
     @post("/count", status_code=200, operation_id="countDocuments", responses=error_responses(404, 422))
