@@ -450,6 +450,16 @@ def test_user_provided_collection_takes_vectors_only(server: AkidbServer) -> Non
     expect_error(api.post("/api/v1/collections/vectors8/search", json={"query": "words"}), 422)
     stored = expect(api.get("/api/v1/collections/vectors8/documents/v03", params={"include_vector": True}), 200)
     assert stored["vector"] == pytest.approx(documents[3]["vector"], abs=1e-6)
+    # API.md: a document is {"id", "text", "metadata"}, with null text and {} metadata when it has none; POST
+    # .../get leaves out only what `include` leaves out.
+    expect(upsert(api, "vectors8", [{"id": "bare", "vector": unit_vector("bare", 8)}]), 200)
+    assert expect(api.get("/api/v1/collections/vectors8/documents/bare"), 200) == {
+        "id": "bare",
+        "text": None,
+        "metadata": {},
+    }
+    page = expect(api.post("/api/v1/collections/vectors8/get", json={"ids": ["bare"], "include": ["metadata"]}), 200)
+    assert page["documents"] == [{"id": "bare", "metadata": {}}]
 
 
 # --- replace, delete, drop --------------------------------------------------------------------------------
