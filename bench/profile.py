@@ -57,7 +57,7 @@ CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
     for name, pattern in [
         ("model forward pass (ORT / torch)", r"onnxruntime|torch/|_run_batch \(|\brun \(.*onnx"),
         ("tokenization", r"tokenizers|tokenization\.py"),
-        ("pooling, normalisation, heads", r"pooling\.py|heads\.py|fit_dimension"),
+        ("pooling, normalisation, heads", r"pooling\.py|heads\.py|akidb/vectors\.py|fit_dimension"),
         ("hnswlib / exact scan", r"knn_query|storage/index\.py|storage/exact\.py|planner\.py"),
         ("SQL (SQLAlchemy, sqlite3)", r"sqlalchemy|sqlite3|repositories\.py|storage/db\.py"),
         ("micro-batcher", r"embedding/batching\.py"),

@@ -13,8 +13,9 @@ import numpy as np
 
 from akidb.embedding.spec import ModelSpec
 from akidb.errors import ModelUnavailable
+from akidb.vectors import l2_normalize
 
-from .pooling import FloatArray, l2_normalize
+from .pooling import FloatArray
 
 log = logging.getLogger(__name__)
 

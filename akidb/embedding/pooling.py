@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.embedding.spec import Pooling
+from akidb.vectors import l2_normalize
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -25,17 +26,9 @@ def pool(hidden: npt.NDArray[np.floating], attention_mask: npt.NDArray[np.intege
     return mean
 
 
-def l2_normalize(vectors: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    normalized: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return normalized
-
-
 def fit_dimension(vectors: FloatArray, dimension: int, normalize: bool) -> FloatArray:
     """Cut Matryoshka embeddings to a smaller trained size (and re-normalise them)."""
     if vectors.shape[1] == dimension:
         return vectors
     cut = np.ascontiguousarray(vectors[:, :dimension])
-    if normalize:
-        cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-    return cut
+    return l2_normalize(cut) if normalize else cut

@@ -162,9 +162,6 @@ class ModelRegistry:
                 f"model '{model_id}' is not in the registry (known: {', '.join(self._specs)})"
             ) from None
 
-    def dimension(self, model_id: str) -> int:
-        return self.get(model_id).dimension
-
 
 @lru_cache(maxsize=1)
 def default_registry() -> ModelRegistry:

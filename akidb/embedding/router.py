@@ -42,6 +42,7 @@ from akidb.embedding.registry import ModelRegistry
 from akidb.embedding.sources import find_model_files
 from akidb.embedding.spec import InputKind, ModelSpec
 from akidb.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
+from akidb.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +443,7 @@ class EmbeddingRouter:
         if dimensions is not None:
             vectors = fit_dimension(vectors, dimensions, normalize=False)
         if normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = l2_normalize(vectors)
         embeddings = Embeddings(
             vectors=vectors.astype(np.float32, copy=False), total_tokens=result.embeddings.total_tokens
         )

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.storage.rwlock import RWLock
+from akidb.vectors import l2_normalize
 
 Vector = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
@@ -56,7 +57,7 @@ class ExactVectors:
     def upsert(self, labels: Sequence[int], vectors: Vector) -> None:
         data = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension)
         if self.metric == "cosine":
-            data = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-30)
+            data = l2_normalize(data)
         wanted = np.asarray(labels, dtype=np.int64)
         with self._lock.write():
             if len(wanted):
@@ -109,7 +110,7 @@ class ExactVectors:
         """The k nearest among all live vectors, or among `labels` (unknown ones ignored), best first."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if self.metric == "cosine":
-            query = query / max(float(np.linalg.norm(query)), 1e-30)
+            query = l2_normalize(query)
         with self._lock.read():
             if labels is None:
                 matrix, found = self._matrix[: self._count], self._labels[: self._count]

@@ -9,12 +9,13 @@ import numpy as np
 
 from akidb.embedding.provider import Embeddings
 from akidb.embedding.spec import InputKind, ModelSpec
+from akidb.vectors import l2_normalize
 
 
 def mock_vector(text: str, dimension: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
     vector = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
-    return vector / np.linalg.norm(vector)
+    return l2_normalize(vector)
 
 
 class MockProvider:
