@@ -12,7 +12,7 @@ import msgspec
 
 from akidb.errors import ConfigError
 
-# auto: MLX on Apple silicon, torch where CUDA is, ONNX Runtime on other CPUs (see router.detect_backends).
+# auto: MLX on Apple silicon, torch where CUDA is, ONNX Runtime on other CPUs (see loader.detect_backends).
 ProviderName = Literal["auto", "torch", "onnx", "mlx", "mock", "user_provided"]
 Quantization = Literal["fp32", "fp16", "int8", "int4"]
 

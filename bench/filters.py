@@ -51,9 +51,9 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.collections.service import DEFAULT_HNSW
+from akidb.embedding.loader import backend_factory
 from akidb.embedding.provider import ProviderOptions
 from akidb.embedding.registry import default_registry
-from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
 from akidb.storage.collection import OpenCollection
 from akidb.storage.exact import ExactVectors

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from akidb.embedding.loader import backend_factory
 from akidb.embedding.provider import ProviderOptions, ProviderUnsupported
 from akidb.embedding.registry import default_registry
-from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -54,9 +54,9 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.collections.service import DEFAULT_HNSW
+from akidb.embedding.loader import backend_factory
 from akidb.embedding.provider import EmbeddingProvider, ProviderOptions
 from akidb.embedding.registry import default_registry
-from akidb.embedding.router import backend_factory
 from akidb.embedding.sources import find_model_files
 from bench.memory import free_port, wait_ready
 

@@ -25,7 +25,6 @@ from akidb.collections.validation import (
     prepare_documents,
 )
 from akidb.config import LimitsSettings
-from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest, NotFound
 from akidb.storage.collection import OpenCollection
@@ -92,11 +91,12 @@ class DocumentService:
         if to_embed:
             assert handle.embedding_model is not None  # prepare_documents enforces it
             result = await self.router.embed(
-                handle.embedding_model, [prepared[row].text or "" for row in to_embed], "document"
+                handle.embedding_model,
+                [prepared[row].text or "" for row in to_embed],
+                "document",
+                dimension=handle.dimension,
             )
-            spec = self.router.spec(handle.embedding_model)
-            vectors = fit_dimension(result.embeddings.vectors, handle.dimension, spec.normalize)
-            for row, vector in zip(to_embed, vectors, strict=True):
+            for row, vector in zip(to_embed, result.embeddings.vectors, strict=True):
                 prepared[row].vector = vector
             total_tokens, duration_ms = result.embeddings.total_tokens, result.duration_ms
         ids, inserted, updated, seq = await anyio.to_thread.run_sync(self._write, handle, prepared)

@@ -25,7 +25,6 @@ from akidb.collections.validation import (
     check_vector,
 )
 from akidb.config import LimitsSettings
-from akidb.embedding.pooling import fit_dimension
 from akidb.embedding.router import EmbeddingRouter
 from akidb.errors import InvalidRequest
 from akidb.storage.collection import OpenCollection
@@ -170,9 +169,10 @@ class SearchService:
         elif mode != "keyword":
             assert query is not None  # _check enforces it, and a model
             assert handle.embedding_model is not None
-            embedded = await self.router.embed(handle.embedding_model, [query], "query", lane="interactive")
-            spec = self.router.spec(handle.embedding_model)
-            query_vector = fit_dimension(embedded.embeddings.vectors, handle.dimension, spec.normalize)[0]
+            embedded = await self.router.embed(
+                handle.embedding_model, [query], "query", lane="interactive", dimension=handle.dimension
+            )
+            query_vector = embedded.embeddings.vectors[0]
             total_tokens, duration_ms = embedded.embeddings.total_tokens, embedded.duration_ms
         fusion = fusion or Fusion()
         depth = fusion.candidates or max(MIN_HYBRID_CANDIDATES, top_k)

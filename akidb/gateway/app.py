@@ -88,6 +88,7 @@ def _dependencies(runtime: Runtime, settings: Settings) -> dict[str, Provide]:
         "search_service": constant(runtime.search),
         "key_service": constant(runtime.keys),
         "embedding_router": constant(runtime.router),
+        "model_loader": constant(runtime.router.models),
         "model_registry": constant(runtime.registry),
         "readiness": constant(runtime.readiness),
         "limits": constant(settings.limits),

@@ -130,7 +130,7 @@ class Runtime:
         pays for a load."""
         for model in self.models_to_preload():
             self.readiness.model_reason = f"loading model {model}"
-            self.router.load(model)
+            self.router.models.load(model)
         self.readiness.model = True
 
     def close(self) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from akidb.embedding.loader import backend_factory
 from akidb.embedding.provider import EmbeddingProvider, ProviderOptions, Quantization
 from akidb.embedding.registry import default_registry
-from akidb.embedding.router import backend_factory
 from akidb.embedding.spec import InputKind, ModelSpec
 from tests.tiny_models import TINY_ARCHITECTURES, TinyModel, build_tiny_model, dense_head_reference, minilm_path
 

@@ -152,6 +152,22 @@ def test_openai_dimensions_cut_matryoshka_models(server: AkidbServer) -> None:
     expect_error(openai(server, input=["x"], model=MODEL, dimensions=100), 422, "dimensions", "384")
 
 
+def test_a_collection_at_a_matryoshka_size_stores_and_searches_cut_vectors(server: AkidbServer) -> None:
+    """A collection of 16 dimensions over tiny-qwen3 (32, trained at 16 too): documents and queries are cut
+    and re-normalised the same way as /v1/embeddings with dimensions=16."""
+    api = server.client
+    create_collection(api, "qwen16", embedding_model="tiny-qwen3", dimension=16)
+    texts = ["the cat sat on the mat", "stocks fell sharply today", "a recipe for lemon cake"]
+    expect(upsert(api, "qwen16", [{"id": str(i), "text": t} for i, t in enumerate(texts)]), 200)
+    stored = expect(api.get("/api/v1/collections/qwen16/documents/1", params={"include_vector": "true"}), 200)
+    expected = openai(server, input=[texts[1]], model="tiny-qwen3", dimensions=16).json()["data"][0]["embedding"]
+    assert len(stored["vector"]) == 16
+    np.testing.assert_allclose(stored["vector"], expected, atol=1e-5)
+    hits = search(api, "qwen16", query=texts[2], top_k=3)
+    assert len(hits) == 3
+    assert all(-1.0001 <= hit["score"] <= 1.0001 for hit in hits)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [

@@ -210,10 +210,10 @@ def test_model_metrics_follow_loads_failures_and_unloads(tmp_path: Path) -> None
     model = "all-MiniLM-L6-v2"
     manager = router(provider="mock")
     try:
-        manager.load(model)
+        manager.models.load(model)
         assert _sample("akidb_model_memory_bytes", model=model) is not None
         assert _sample("akidb_embed_rejected_total", model=model, reason="queue_full") is not None
-        assert manager.unload(model) is True
+        assert manager.models.unload(model) is True
         assert _sample("akidb_model_memory_bytes", model=model) is None
     finally:
         manager.close()
@@ -221,6 +221,6 @@ def test_model_metrics_follow_loads_failures_and_unloads(tmp_path: Path) -> None
     failing = router(provider="torch", quantization="int4", fallback=False)
     before = _sample("akidb_model_load_failures_total", model=model) or 0.0
     with pytest.raises(Exception, match="int4"):
-        failing.load(model)
+        failing.models.load(model)
     assert _sample("akidb_model_load_failures_total", model=model) == before + 1
     failing.close()

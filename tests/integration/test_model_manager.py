@@ -39,11 +39,11 @@ def router(tiny: dict[str, TinyModel], **settings: object) -> EmbeddingRouter:
 def test_models_load_lazily_and_are_reported(tiny: dict[str, TinyModel]) -> None:
     manager = router(tiny, provider="torch")
     try:
-        assert not manager.is_loaded("tiny-bert")
-        assert manager.is_available("tiny-bert")
+        assert not manager.models.is_loaded("tiny-bert")
+        assert manager.models.is_available("tiny-bert")
         result = asyncio.run(manager.embed("tiny-bert", ["hello"], "document"))
         assert result.embeddings.vectors.shape == (1, 32)
-        info = manager.loaded_info("tiny-bert")
+        info = manager.models.loaded_info("tiny-bert")
         assert info is not None
         assert (info.provider, info.quantization) == ("torch", "fp32")
         assert info.load_seconds > 0
@@ -58,7 +58,7 @@ def test_concurrent_first_requests_load_once(tiny: dict[str, TinyModel]) -> None
 
     def first_request() -> None:
         start.wait()
-        providers.append(manager.load("tiny-qwen3"))
+        providers.append(manager.models.load("tiny-qwen3"))
 
     threads = [threading.Thread(target=first_request) for _ in range(8)]
     try:
@@ -83,9 +83,9 @@ def test_least_recently_used_is_unloaded_past_max_loaded_models(tiny: dict[str, 
         asyncio.run(use("tiny-qwen3"))
         asyncio.run(use("tiny-bert"))  # tiny-qwen3 is now the least recently used
         asyncio.run(use("tiny-gemma3"))
-        assert {m.model for m in manager.loaded_models()} == {"tiny-bert", "tiny-gemma3"}
+        assert {m.model for m in manager.models.loaded_models()} == {"tiny-bert", "tiny-gemma3"}
         asyncio.run(use("tiny-qwen3"))  # loads again on demand
-        assert {m.model for m in manager.loaded_models()} == {"tiny-gemma3", "tiny-qwen3"}
+        assert {m.model for m in manager.models.loaded_models()} == {"tiny-gemma3", "tiny-qwen3"}
     finally:
         manager.close()
 
@@ -94,13 +94,13 @@ def test_memory_is_measured_and_the_budget_unloads(tiny: dict[str, TinyModel]) -
     # MiniLM's fp32 weights are 87 MiB; the resident cost of loading it must show that.
     manager = router(tiny, provider="torch", max_model_memory_mb=60)
     try:
-        manager.load("tiny-bert")
-        manager.load("all-MiniLM-L6-v2")
-        info = manager.loaded_info("all-MiniLM-L6-v2")
+        manager.models.load("tiny-bert")
+        manager.models.load("all-MiniLM-L6-v2")
+        info = manager.models.loaded_info("all-MiniLM-L6-v2")
         assert info is not None
         assert info.memory_bytes > 60 * 2**20, f"measured only {info.memory_bytes / 2**20:.0f} MiB"
         # The two together exceed 60 MiB: the least recently used one (tiny-bert) made room.
-        assert [m.model for m in manager.loaded_models()] == ["all-MiniLM-L6-v2"]
+        assert [m.model for m in manager.models.loaded_models()] == ["all-MiniLM-L6-v2"]
         # A model alone over the budget still serves (it is the one asked for).
         vectors = asyncio.run(manager.embed("all-MiniLM-L6-v2", ["still here"], "document")).embeddings.vectors
         assert vectors.shape == (1, 384)
@@ -112,9 +112,9 @@ def test_unload_frees_the_model_and_the_next_request_reloads(tiny: dict[str, Tin
     manager = router(tiny, provider="torch")
     try:
         first = asyncio.run(manager.embed("tiny-gemma3", ["text"], "document")).embeddings.vectors
-        assert manager.unload("tiny-gemma3") is True
-        assert manager.unload("tiny-gemma3") is False
-        assert not manager.is_loaded("tiny-gemma3")
+        assert manager.models.unload("tiny-gemma3") is True
+        assert manager.models.unload("tiny-gemma3") is False
+        assert not manager.models.is_loaded("tiny-gemma3")
         again = asyncio.run(manager.embed("tiny-gemma3", ["text"], "document")).embeddings.vectors
         np.testing.assert_allclose(first, again, atol=1e-6)
     finally:
@@ -125,8 +125,8 @@ def test_falls_back_when_the_backend_cannot_run_here(tiny: dict[str, TinyModel])
     # torch offers no int4; mlx does: the configured order goes on to mlx and says why in the log.
     manager = router(tiny, provider="torch", quantization="int4", fallback_order=["mlx"])
     try:
-        manager.load("tiny-bert")
-        info = manager.loaded_info("tiny-bert")
+        manager.models.load("tiny-bert")
+        info = manager.models.loaded_info("tiny-bert")
         assert info is not None
         assert (info.provider, info.quantization) == ("mlx", "int4")
     finally:
@@ -136,17 +136,17 @@ def test_falls_back_when_the_backend_cannot_run_here(tiny: dict[str, TinyModel])
 def test_without_fallback_the_reason_is_the_error(tiny: dict[str, TinyModel]) -> None:
     manager = router(tiny, provider="torch", quantization="int4", fallback=False)
     with pytest.raises(ProviderUnsupported) as info:
-        manager.load("tiny-bert")
+        manager.models.load("tiny-bert")
     assert "fallback is off" in info.value.detail
     assert "torch: " in info.value.detail
     assert "int4" in info.value.detail
-    assert not manager.is_loaded("tiny-bert")
+    assert not manager.models.is_loaded("tiny-bert")
 
 
 def test_every_backend_failing_lists_each_reason(tiny: dict[str, TinyModel]) -> None:
     manager = router(tiny, provider="mlx", device="cuda", fallback_order=["onnx", "torch"])
     with pytest.raises(ProviderUnsupported) as info:
-        manager.load("tiny-bert")
+        manager.models.load("tiny-bert")
     for backend in ("mlx: ", "onnx: ", "torch: "):
         assert backend in info.value.detail
 
@@ -166,8 +166,8 @@ def test_models_of_different_backends_serve_side_by_side(tiny: dict[str, TinyMod
         minilm, bert = asyncio.run(both())
         assert minilm.shape == (20, 384)
         assert bert.shape == (20, 32)
-        assert {m.model for m in manager.loaded_models()} == {"all-MiniLM-L6-v2", "tiny-bert"}
-        assert {m.provider for m in manager.loaded_models()} == {"onnx"}
+        assert {m.model for m in manager.models.loaded_models()} == {"all-MiniLM-L6-v2", "tiny-bert"}
+        assert {m.provider for m in manager.models.loaded_models()} == {"onnx"}
     finally:
         manager.close()
 
@@ -177,15 +177,15 @@ def test_auto_picks_the_backend_for_this_machine(tiny: dict[str, TinyModel]) -> 
 
     import torch
 
-    from akidb.embedding.router import detect_backends
+    from akidb.embedding.loader import detect_backends
 
     if sys.platform.startswith("linux") and not torch.cuda.is_available():
         assert detect_backends() == ("onnx", "torch")  # a CPU-only Linux machine, like CI's
     manager = router(tiny, provider="auto")
     try:
-        assert manager.backend_order(tiny["bert"].spec)[: len(detect_backends())] == list(detect_backends())
-        manager.load("tiny-bert")
-        info = manager.loaded_info("tiny-bert")
+        assert manager.models.backend_order(tiny["bert"].spec)[: len(detect_backends())] == list(detect_backends())
+        manager.models.load("tiny-bert")
+        info = manager.models.loaded_info("tiny-bert")
         assert info is not None
         assert info.provider == detect_backends()[0]
     finally:
@@ -195,6 +195,6 @@ def test_auto_picks_the_backend_for_this_machine(tiny: dict[str, TinyModel]) -> 
 def test_a_model_for_one_backend_goes_to_it() -> None:
     settings = msgspec.convert({"provider": "onnx", "fallback_order": ["torch"]}, EmbeddingSettings)
     manager = EmbeddingRouter(settings, default_registry())
-    assert manager.backend_order(default_registry().get("qwen3-0.6b-4bit")) == ["mlx"]
-    assert manager.quantization_for(default_registry().get("qwen3-0.6b-4bit")) == "int4"
-    assert manager.backend_order(default_registry().get("all-MiniLM-L6-v2")) == ["onnx", "torch"]
+    assert manager.models.backend_order(default_registry().get("qwen3-0.6b-4bit")) == ["mlx"]
+    assert manager.models.quantization_for(default_registry().get("qwen3-0.6b-4bit")) == "int4"
+    assert manager.models.backend_order(default_registry().get("all-MiniLM-L6-v2")) == ["onnx", "torch"]

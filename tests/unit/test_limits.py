@@ -335,7 +335,7 @@ def test_the_router_defaults_to_the_default_limits() -> None:
             limit=default,
             setting="max_text_chars",
         )
-        assert not router.is_loaded(router.settings.model)
+        assert not router.models.is_loaded(router.settings.model)
         refused(
             router.embed_texts(None, ["w"] * 2049, "document"),
             status=413,
@@ -343,6 +343,6 @@ def test_the_router_defaults_to_the_default_limits() -> None:
             limit=2048,
             setting="max_inputs_per_embed",
         )
-        assert not router.is_loaded(router.settings.model)
+        assert not router.models.is_loaded(router.settings.model)
     finally:
         router.close()

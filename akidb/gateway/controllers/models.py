@@ -5,15 +5,15 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from akidb.embedding.loader import ModelLoader
 from akidb.embedding.registry import ModelRegistry
-from akidb.embedding.router import EmbeddingRouter
 from akidb.embedding.spec import ModelSpec
 from akidb.gateway.errors import error_responses
 from akidb.gateway.schemas import ModelInfo, ModelList, ModelUnloaded
 
 
-def to_wire(spec: ModelSpec, router: EmbeddingRouter) -> ModelInfo:
-    loaded = router.loaded_info(spec.id)
+def to_wire(spec: ModelSpec, loader: ModelLoader) -> ModelInfo:
+    loaded = loader.loaded_info(spec.id)
     return ModelInfo(
         id=spec.id,
         name=spec.name,
@@ -26,9 +26,9 @@ def to_wire(spec: ModelSpec, router: EmbeddingRouter) -> ModelInfo:
         languages=list(spec.languages),
         use_cases=list(spec.use_cases),
         default_quantization=spec.default_quantization,
-        is_default=spec.id == router.default_model,
+        is_default=spec.id == loader.default_model,
         description=spec.description,
-        available=router.is_available(spec.id),
+        available=loader.is_available(spec.id),
         loaded=loaded is not None,
         query_prefix=spec.query_prefix,
         document_prefix=spec.document_prefix,
@@ -46,38 +46,36 @@ class ModelController(Controller):
 
     @get("/", operation_id="listModels")
     async def list_all(
-        self, model_registry: NamedDependency[ModelRegistry], embedding_router: NamedDependency[EmbeddingRouter]
+        self, model_registry: NamedDependency[ModelRegistry], model_loader: NamedDependency[ModelLoader]
     ) -> ModelList:
         # Availability looks at the disk (HF cache, packages): off the loop.
-        models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, embedding_router) for spec in model_registry])
-        return ModelList(models=models, default_model=embedding_router.default_model)
+        models = await anyio.to_thread.run_sync(lambda: [to_wire(spec, model_loader) for spec in model_registry])
+        return ModelList(models=models, default_model=model_loader.default_model)
 
     @get("/{model_id:str}", operation_id="getModel", responses=error_responses(404))
     async def get_one(
         self,
         model_id: FromPath[str],
         model_registry: NamedDependency[ModelRegistry],
-        embedding_router: NamedDependency[EmbeddingRouter],
+        model_loader: NamedDependency[ModelLoader],
     ) -> ModelInfo:
         spec = model_registry.get(model_id)
-        return await anyio.to_thread.run_sync(to_wire, spec, embedding_router)
+        return await anyio.to_thread.run_sync(to_wire, spec, model_loader)
 
     @post("/{model_id:str}/load", status_code=200, operation_id="loadModel", responses=error_responses(404, 409))
     async def load(
         self,
         model_id: FromPath[str],
         model_registry: NamedDependency[ModelRegistry],
-        embedding_router: NamedDependency[EmbeddingRouter],
+        model_loader: NamedDependency[ModelLoader],
     ) -> ModelInfo:
         """Load and warm a model now (a no-op if it is loaded); may unload the least recently used one."""
         spec = model_registry.get(model_id)
-        await anyio.to_thread.run_sync(embedding_router.load, model_id)
-        return await anyio.to_thread.run_sync(to_wire, spec, embedding_router)
+        await anyio.to_thread.run_sync(model_loader.load, model_id)
+        return await anyio.to_thread.run_sync(to_wire, spec, model_loader)
 
     @post("/{model_id:str}/unload", status_code=200, operation_id="unloadModel", responses=error_responses(404))
-    async def unload(
-        self, model_id: FromPath[str], embedding_router: NamedDependency[EmbeddingRouter]
-    ) -> ModelUnloaded:
+    async def unload(self, model_id: FromPath[str], model_loader: NamedDependency[ModelLoader]) -> ModelUnloaded:
         """Free a model's memory; the next request that needs it loads it again."""
-        unloaded = await anyio.to_thread.run_sync(embedding_router.unload, model_id)
+        unloaded = await anyio.to_thread.run_sync(model_loader.unload, model_id)
         return ModelUnloaded(id=model_id, unloaded=unloaded)
