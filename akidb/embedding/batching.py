@@ -4,10 +4,14 @@ Requests wait in two lanes. The interactive lane (search queries, small embeds) 
 the bulk lane (large upserts), and while interactive requests are coming in, batches that hold bulk texts
 are cut to about `bulk_slice_ms` of inference, so a query waits at most about one slice for the worker.
 
-A batch is cut at `batch_size` texts or `max_batch_tokens` padded tokens (rows x longest row); an idle
-worker waits `batch_timeout_ms` for company before running a lone text. Each request's rows are taken
-shortest first, so a batch holds texts of similar length and pads little; one request may span several
-batches. Inference runs on the model's own worker thread; each request gets its rows back in order.
+Each text is tokenized once, on the worker, and the queue alone shapes batches from the token ids (as Text
+Embeddings Inference's): a batch is taken at `batch_size` texts or `max_batch_tokens` padded tokens (rows x
+longest row), then cut into length-sorted forward passes where padding would cost more than another pass
+(`tokens.length_sorted_chunks`), and each pass goes to the provider as one padded batch of token ids.
+An idle worker waits `batch_timeout_ms` for company before running a lone text. Each request's rows are
+taken shortest first; one request may span several batches. Queries and documents share batches (their
+prefixes are already in the ids). Inference runs on the model's own worker thread; each request gets its
+rows back in order, as soon as its last pass is done.
 
 Admission: each lane holds at most `max_queued_texts` waiting texts (bulk counts the interactive ones too,
 so bulk can never crowd searches out); past that a request gets 429 with a Retry-After computed from the
@@ -34,6 +38,7 @@ from akidb import observability
 from akidb.config import EmbeddingSettings
 from akidb.embedding.provider import EmbeddingProvider, Vectors
 from akidb.embedding.spec import InputKind
+from akidb.embedding.tokens import TokenizedText, length_sorted_chunks, pad_batch
 from akidb.errors import DeadlineExceeded, ModelUnloading, Overloaded
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class _Request:
     future: asyncio.Future[None]
     enqueued_at: float = field(default_factory=time.monotonic)
     # Set by the worker thread when it first looks at the request.
+    encoded: Sequence[TokenizedText] = ()
     tokens: list[int] | None = None
     order: list[int] = field(default_factory=list)  # rows, fewest tokens first
     vectors: Vectors | None = None
@@ -211,7 +217,7 @@ class MicroBatcher:
             if not uncounted:
                 break
             for request in uncounted:
-                self._count_tokens(request)
+                self._tokenize(request)
         with self._cond:
             batch = self._take()
         if batch:
@@ -245,15 +251,17 @@ class MicroBatcher:
             if expired:
                 self._publish_queue_size(lane)
 
-    def _count_tokens(self, request: _Request) -> None:
+    def _tokenize(self, request: _Request) -> None:
         try:
-            tokens = self.provider.count_tokens(request.texts, request.kind)
+            encoded = self.provider.tokenize(request.texts, request.kind)
         except Exception as exc:  # a broken tokenizer fails this request, not the worker
-            log.exception("counting tokens failed for model %s", self.model)
+            log.exception("tokenizing failed for model %s", self.model)
             with self._cond:
                 self._abandon_locked(request)
             self._notify(request, exc)
             return
+        tokens = [len(row.ids) for row in encoded]
+        request.encoded = encoded
         request.order = sorted(range(len(tokens)), key=tokens.__getitem__)
         request.tokens = tokens
 
@@ -276,11 +284,10 @@ class MicroBatcher:
         return max(1, min(self.max_batch_tokens, int(self.bulk_slice_s / self._seconds_per_token)))
 
     def _take(self) -> list[tuple[_Request, list[int]]]:
-        """Under the lock: the next batch, interactive texts first. Every row shares one prefix (kind)."""
+        """Under the lock: the next batch, interactive texts first."""
         picks: list[tuple[_Request, list[int]]] = []
         count = longest = 0
         cap = self.max_batch_tokens
-        prefix: str | None = None
         full = False
         for lane in LANES:
             if full:
@@ -291,11 +298,6 @@ class MicroBatcher:
             for request in self._lanes[lane]:
                 if request.tokens is None:
                     break  # arrived after this round's tokenizing; it goes in the next batch
-                request_prefix = self.provider.spec.prefix_for(request.kind)
-                if prefix is None:
-                    prefix = request_prefix
-                elif request_prefix != prefix:
-                    continue
                 rows: list[int] = []
                 while request.taken < len(request.texts):
                     row = request.order[request.taken]
@@ -320,39 +322,42 @@ class MicroBatcher:
         return picks
 
     def _run_batch(self, batch: list[tuple[_Request, list[int]]]) -> None:
+        """Run a taken batch as length-sorted forward passes; a request is answered after its last one."""
         started = time.monotonic()
-        texts: list[str] = []
-        longest = 0
-        for request, rows in batch:
-            if request.done == 0 and request.taken == len(rows):  # the request's first batch
+        rows: list[tuple[_Request, int]] = []
+        for request, picked in batch:
+            if request.done == 0 and request.taken == len(picked):  # the request's first batch
                 observability.QUEUE_WAIT.labels(self.model, request.lane).observe(started - request.enqueued_at)
-            assert request.tokens is not None
-            texts.extend(request.texts[row] for row in rows)
-            longest = max(longest, *(request.tokens[row] for row in rows))
-        try:
-            vectors = self.provider.embed(texts, batch[0][0].kind).vectors
-        except Exception as exc:
-            log.exception("inference failed for model %s on a batch of %d texts", self.model, len(texts))
-            with self._cond:
+            rows.extend((request, row) for row in picked)
+        lengths = [len(request.encoded[row].ids) for request, row in rows]
+        for chunk in length_sorted_chunks(lengths, self.batch_size):
+            padded = pad_batch([rows[i][0].encoded[rows[i][1]] for i in chunk], self.provider.pad_id)
+            began = time.monotonic()
+            try:
+                vectors = self.provider.embed_batch(padded)
+            except Exception as exc:
+                log.exception("inference failed for model %s on a batch of %d texts", self.model, len(chunk))
+                with self._cond:
+                    for request, _ in batch:
+                        self._abandon_locked(request)
                 for request, _ in batch:
-                    self._abandon_locked(request)
-            for request, _ in batch:
-                self._notify(request, exc)
+                    self._notify(request, exc)
+                return
+            self._learn(len(chunk), int(padded.input_ids.size), time.monotonic() - began)
+            for i, vector in zip(chunk, vectors, strict=True):
+                request, row = rows[i]
+                self._deliver(request, row, vector)
+
+    def _deliver(self, request: _Request, row: int, vector: Vectors) -> None:
+        if request.abandoned:
             return
-        seconds = time.monotonic() - started
-        self._learn(len(texts), len(texts) * longest, seconds)
-        offset = 0
-        for request, rows in batch:
-            part = vectors[offset : offset + len(rows)]
-            offset += len(rows)
-            if request.abandoned:
-                continue
-            if request.vectors is None:
-                request.vectors = np.empty((len(request.texts), vectors.shape[1]), dtype=np.float32)
-            request.vectors[rows] = part
-            request.done += len(rows)
-            if request.done == len(request.texts):
-                self._notify(request, None)
+        if request.vectors is None:
+            request.vectors = np.empty((len(request.texts), vector.shape[0]), dtype=np.float32)
+        request.vectors[row] = vector
+        request.done += 1
+        if request.done == len(request.texts):
+            request.encoded = ()  # the token ids are no longer needed
+            self._notify(request, None)
 
     def _learn(self, texts: int, padded_tokens: int, seconds: float) -> None:
         observability.BATCH_SIZE.labels(self.model).observe(texts)

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from akidb.embedding.spec import InputKind, ModelSpec
+from akidb.embedding.tokens import PaddedBatch, TokenizedText, length_sorted_chunks, pad_batch
 from akidb.errors import ModelUnavailable
 
 Vectors = npt.NDArray[np.float32]
@@ -46,7 +47,11 @@ class Embeddings:
 
 @runtime_checkable
 class EmbeddingProvider(Protocol):
-    """Turns texts into float32 vectors. Calls block; callers run them off the event loop."""
+    """Turns token ids into float32 vectors. Calls block; callers run them off the event loop.
+
+    The micro-batcher tokenizes each text once (`tokenize`), shapes batches from the token ids alone and
+    hands the provider one right-padded batch per forward pass (`embed_batch`); providers never re-tokenize,
+    re-sort or re-cut (as Text Embeddings Inference's queue and backends)."""
 
     @property
     def spec(self) -> ModelSpec: ...
@@ -56,13 +61,17 @@ class EmbeddingProvider(Protocol):
         """Backend name for logs and metrics: torch, onnx, mlx, mock."""
         ...
 
-    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
-        """Embed texts as queries or documents; the spec's prefix for that kind is applied here."""
+    @property
+    def pad_id(self) -> int:
+        """The token id `pad_batch` fills short rows with."""
         ...
 
-    def count_tokens(self, texts: Sequence[str], kind: InputKind) -> list[int]:
-        """Each text's token count as `embed` would see it (prefix and truncation included), without
-        running the model: the micro-batcher sizes its batches by these."""
+    def tokenize(self, texts: Sequence[str], kind: InputKind) -> Sequence[TokenizedText]:
+        """Each text as the model reads it: the spec's prefix for `kind` applied, cut at the model's window."""
+        ...
+
+    def embed_batch(self, batch: PaddedBatch) -> Vectors:
+        """One forward pass over a padded batch, pooled (and through any output head): shape (rows, dimension)."""
         ...
 
     def warmup(self) -> None:
@@ -70,6 +79,16 @@ class EmbeddingProvider(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def embed_texts(provider: EmbeddingProvider, texts: Sequence[str], kind: InputKind, batch_size: int = 32) -> Embeddings:
+    """Embed texts outside the micro-batcher (warm-up, benchmarks, tests): tokenize once, run length-sorted
+    padded batches of at most `batch_size`, restore the order."""
+    tokenized = provider.tokenize(texts, kind)
+    vectors = np.empty((len(texts), provider.spec.dimension), dtype=np.float32)
+    for rows in length_sorted_chunks([len(row.ids) for row in tokenized], batch_size):
+        vectors[rows] = provider.embed_batch(pad_batch([tokenized[row] for row in rows], provider.pad_id))
+    return Embeddings(vectors=vectors, total_tokens=sum(len(row.ids) for row in tokenized))
 
 
 class ProviderFactory(Protocol):

@@ -11,6 +11,7 @@ measures every backend on all 1,500 pairs.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from akidb.config import EmbeddingSettings
+from akidb.embedding.batching import MicroBatcher
 from akidb.embedding.loader import backend_factory
-from akidb.embedding.provider import EmbeddingProvider, ProviderOptions, Quantization
+from akidb.embedding.provider import EmbeddingProvider, ProviderOptions, Quantization, embed_texts
 from akidb.embedding.registry import default_registry
 from akidb.embedding.spec import InputKind, ModelSpec
 from tests.tiny_models import TINY_ARCHITECTURES, TinyModel, build_tiny_model, dense_head_reference, minilm_path
@@ -127,7 +130,7 @@ def case_provider(request: pytest.FixtureRequest) -> Iterator[tuple[Case, Embedd
 
 @pytest.fixture(scope="module")
 def embedded(case_provider: tuple[Case, EmbeddingProvider], texts: list[str]) -> Matrix:
-    return case_provider[1].embed(texts, "document").vectors
+    return embed_texts(case_provider[1], texts, "document").vectors
 
 
 def test_shape_dtype_and_unit_norm(case_provider: tuple[Case, EmbeddingProvider], embedded: Matrix) -> None:
@@ -152,8 +155,8 @@ def test_agrees_with_sentence_transformers(
 
 
 def test_deterministic(case_provider: tuple[Case, EmbeddingProvider], texts: list[str]) -> None:
-    first = case_provider[1].embed(texts[:64], "document").vectors
-    again = case_provider[1].embed(texts[:64], "document").vectors
+    first = embed_texts(case_provider[1], texts[:64], "document").vectors
+    again = embed_texts(case_provider[1], texts[:64], "document").vectors
     np.testing.assert_allclose(again, first, atol=1e-6)
 
 
@@ -165,18 +168,43 @@ def test_a_batch_equals_the_same_texts_one_by_one(
     error: there the bar is the quantized one less 0.02."""
     case, provider = case_provider
     picks = [i for i in (0, 7, 33, 49, 101, 333, 598) if i < len(texts)]  # different lengths: the batch pads
-    singles = np.stack([provider.embed([texts[i]], "document").vectors[0] for i in picks])
+    singles = np.stack([embed_texts(provider, [texts[i]], "document").vectors[0] for i in picks])
     agreement = cosines(singles, embedded[picks])
     bar = case.min_cosine if case.min_cosine is not None else (case.mean_cosine or 0.0) - 0.02
     assert agreement.min() >= bar, f"{case.id}: batch vs single cosine {agreement.min():.6f}"
 
 
 def test_total_tokens_counts_the_window(case_provider: tuple[Case, EmbeddingProvider]) -> None:
-    result = case_provider[1].embed(["hello world", "word " * 1000], "document")
+    result = embed_texts(case_provider[1], ["hello world", "word " * 1000], "document")
     # [CLS] hello world [SEP] = 4 tokens; the long text is cut at the model's 256-token window.
     assert result.total_tokens == 4 + 256
-    # The micro-batcher sizes batches by count_tokens: it must count exactly as embed does.
-    assert case_provider[1].count_tokens(["hello world", "word " * 1000], "document") == [4, 256]
+    # The micro-batcher shapes batches from these token ids: the same ones embed_texts runs.
+    tokenized = case_provider[1].tokenize(["hello world", "word " * 1000], "document")
+    assert [len(row.ids) for row in tokenized] == [4, 256]
+
+
+def test_the_micro_batcher_gives_what_embed_texts_gives(
+    case_provider: tuple[Case, EmbeddingProvider], embedded: Matrix, texts: list[str]
+) -> None:
+    """The serving path (texts tokenized once on the batcher's worker, batches cut by the queue, padded
+    token ids to embed_batch) against embed_texts, for concurrent requests of 1 to 3 texts."""
+    case, provider = case_provider
+    batcher = MicroBatcher(provider, EmbeddingSettings(batch_timeout_ms=2.0, batch_size=32))
+    starts = range(0, min(72, len(texts) - 3), 3)
+    requests = [texts[i : i + 1 + i % 3] for i in starts]
+
+    async def scenario() -> list[Matrix]:
+        results = await asyncio.gather(*(batcher.embed(r, "document", "interactive") for r in requests))
+        return [result.vectors for result in results]
+
+    try:
+        served = np.concatenate(asyncio.run(scenario()))
+    finally:
+        batcher.close(wait=True)
+    rows = [i + j for i in starts for j in range(1 + i % 3)]
+    agreement = cosines(served, embedded[rows])
+    bar = case.min_cosine if case.min_cosine is not None else (case.mean_cosine or 0.0) - 0.02
+    assert agreement.min() >= bar, f"{case.id}: batcher vs embed_texts cosine {agreement.min():.6f}"
 
 
 # --- tiny random models of each architecture, every backend that runs them ---
@@ -229,13 +257,13 @@ def test_tiny_models_agree_with_transformers_and_apply_the_spec(
     provider = build(backend, tiny.spec, tiny.path)
     try:
         for kind in ("query", "document"):
-            ours = provider.embed(TINY_TEXTS, kind).vectors  # one padded batch
+            ours = embed_texts(provider, TINY_TEXTS, kind).vectors  # one padded batch
             expected = hand_pooled(tiny, TINY_TEXTS, kind)
             agreement = cosines(ours, expected)
             assert agreement.min() >= 0.999, f"{architecture}/{backend}/{kind}: {agreement.min():.6f}"
         if tiny.spec.query_prefix != tiny.spec.document_prefix:
-            query = provider.embed(TINY_TEXTS[:1], "query").vectors
-            document = provider.embed(TINY_TEXTS[:1], "document").vectors
+            query = embed_texts(provider, TINY_TEXTS[:1], "query").vectors
+            document = embed_texts(provider, TINY_TEXTS[:1], "document").vectors
             assert cosines(query, document)[0] < 0.999, "the query prefix changed nothing"
     finally:
         provider.close()
@@ -249,7 +277,7 @@ def test_tiny_models_give_the_same_vectors_on_every_backend(
     vectors = {}
     for backend in TINY_BACKENDS:
         provider = build(backend, tiny.spec, tiny.path)
-        vectors[backend] = provider.embed(TINY_TEXTS, "query").vectors
+        vectors[backend] = embed_texts(provider, TINY_TEXTS, "query").vectors
         provider.close()
     for backend in ("onnx", "mlx"):
         agreement = cosines(vectors[backend], vectors["torch"])

@@ -17,10 +17,11 @@ import pytest
 
 from akidb.config import EmbeddingSettings
 from akidb.embedding.batching import MicroBatcher
-from akidb.embedding.provider import Embeddings
+from akidb.embedding.provider import Vectors
 from akidb.embedding.providers.mock import MockProvider, mock_vector
 from akidb.embedding.registry import default_registry
 from akidb.embedding.spec import InputKind, ModelSpec
+from akidb.embedding.tokens import PaddedBatch
 from akidb.errors import DeadlineExceeded, Overloaded
 
 SPEC = default_registry().get("all-MiniLM-L6-v2")
@@ -32,7 +33,7 @@ class RecordingProvider(MockProvider):
     def __init__(self, spec: ModelSpec = SPEC) -> None:
         super().__init__(spec)
         self.batches: list[list[str]] = []
-        self.kinds: list[InputKind] = []
+        self.kinds: list[list[InputKind]] = []  # per batch, per row
         self.entered = threading.Event()
         self._gate = threading.Event()
         self._gate.set()
@@ -46,14 +47,16 @@ class RecordingProvider(MockProvider):
     def release(self) -> None:
         self._gate.set()
 
-    def embed(self, texts: Sequence[str], kind: InputKind) -> Embeddings:
-        self.batches.append(list(texts))
-        self.kinds.append(kind)
+    def embed_batch(self, batch: PaddedBatch) -> Vectors:
+        rows = self.texts_of(batch)
+        texts = [text for text, _ in rows]
+        self.batches.append(texts)
+        self.kinds.append([kind for _, kind in rows])
         self.entered.set()
         self._gate.wait(10)
         if self.fail_on is not None and self.fail_on in texts:
             raise RuntimeError("the model broke")
-        return super().embed(texts, kind)
+        return super().embed_batch(batch)
 
     def close(self) -> None:
         self.closed = True
@@ -129,13 +132,25 @@ def test_a_large_request_spans_batches_of_batch_size_and_keeps_its_order(make_ba
     batcher = make_batcher(batch_size=16)
     texts = [words(1 + (i * 7) % 23, tag=f"t{i}_") for i in range(40)]
     result = asyncio.run(batcher.embed(texts, "document", "bulk"))
-    assert [len(batch) for batch in provider.batches] == [16, 16, 8]
+    # Taken 16 rows at a time, shortest first; each taken batch may run as several forward passes.
+    assert all(len(batch) <= 16 for batch in provider.batches)
+    assert sorted(provider.embedded()) == sorted(texts)
     np.testing.assert_array_equal(result.vectors, expected(texts))
     assert result.tokens == [len(text.split()) for text in texts]
-    # Rows are taken shortest first, so each batch holds texts of similar length.
+    # So the passes hold texts of similar length, in rising order.
     lengths = [[len(text.split()) for text in batch] for batch in provider.batches]
     for earlier, later in itertools.pairwise(lengths):
         assert max(earlier) <= min(later)
+
+
+def test_a_taken_batch_is_cut_where_padding_would_cost_more_than_another_pass(make_batcher, provider) -> None:
+    """Fifteen short texts and one long one, taken together, run as two padded passes, not one padded to
+    the long text (the cut is the queue's, from the token counts alone)."""
+    batcher = make_batcher(batch_size=16, max_batch_tokens=100_000)
+    texts = [words(2, tag=f"s{i}_") for i in range(15)] + [words(200, tag="long_")]
+    result = asyncio.run(batcher.embed(texts, "document", "bulk"))
+    assert sorted(len(batch) for batch in provider.batches) == [1, 15]
+    np.testing.assert_array_equal(result.vectors, expected(texts))
 
 
 def test_batches_stay_within_the_token_budget(make_batcher, provider) -> None:
@@ -167,7 +182,7 @@ def test_interactive_texts_go_before_bulk_texts_queued_earlier(make_batcher, pro
         provider.release()
         await asyncio.gather(bulk, query, blocker)
         assert provider.batches[1] == ["the query"], "the query ran right after the batch in progress"
-        assert provider.kinds[1] == "query"
+        assert provider.kinds[1] == ["query"]
         assert sorted(provider.embedded()[2:]) == sorted(f"bulk {i}" for i in range(40))
 
     asyncio.run(scenario())
@@ -284,11 +299,14 @@ def test_a_full_batch_does_not_wait_for_the_timeout(make_batcher, provider) -> N
     assert time.monotonic() - started < 4.0
 
 
-def test_queries_and_documents_of_a_model_with_prefixes_never_share_a_batch() -> None:
+def test_queries_and_documents_share_a_batch_each_with_its_own_prefix() -> None:
+    """The prefixes are in the token ids, so one forward pass serves both kinds, and each text still gets
+    the vector of its own prefix."""
     spec = default_registry().get("e5-small-v2")
     assert spec.query_prefix != spec.document_prefix
     provider = RecordingProvider(spec)
     batcher = MicroBatcher(provider, settings())
+    results: list[np.ndarray] = []
 
     async def scenario() -> None:
         provider.hold()
@@ -299,15 +317,19 @@ def test_queries_and_documents_of_a_model_with_prefixes_never_share_a_batch() ->
         ]
         await asyncio.sleep(0.02)
         provider.release()
-        await asyncio.gather(blocker, *tasks)
+        await blocker
+        results.extend(result.vectors[0] for result in await asyncio.gather(*tasks))
 
     try:
         asyncio.run(scenario())
     finally:
         provider.release()
         batcher.close(wait=True)
-    for batch, kind in zip(provider.batches[1:], provider.kinds[1:], strict=True):
-        assert {text[0] for text in batch} == {"q" if kind == "query" else "d"}
+    assert sorted(provider.batches[1]) == ["d0", "d1", "d2", "q0", "q1", "q2"], "one pass for both kinds"
+    assert sorted(provider.kinds[1]) == ["document"] * 3 + ["query"] * 3
+    for text, vector in zip([f"q{i}" for i in range(3)] + [f"d{i}" for i in range(3)], results, strict=True):
+        kind: InputKind = "query" if text[0] == "q" else "document"
+        np.testing.assert_array_equal(vector, mock_vector(spec.prefix_for(kind) + text, spec.dimension))
 
 
 def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on(make_batcher, provider) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from akidb.embedding.tokenization import BATCH_OVERHEAD_TOKENS, length_sorted_chunks
+from akidb.embedding.tokens import BATCH_OVERHEAD_TOKENS, length_sorted_chunks
 
 
 def cost(lengths: list[int], chunks: list[list[int]]) -> int:

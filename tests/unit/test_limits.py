@@ -41,10 +41,10 @@ class Spy:
         self.texts = 0
         self._embed = router.embed
 
-    async def __call__(self, model_id: str, texts: Sequence[str], kind: InputKind, *, lane: Any = None) -> EmbedResult:
+    async def __call__(self, model_id: str, texts: Sequence[str], kind: InputKind, **options: Any) -> EmbedResult:
         self.calls += 1
         self.texts += len(texts)
-        return await self._embed(model_id, texts, kind, lane=lane)
+        return await self._embed(model_id, texts, kind, **options)
 
 
 class World(SimpleNamespace):

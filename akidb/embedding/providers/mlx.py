@@ -23,7 +23,8 @@ from akidb.embedding.heads import OutputHead, load_output_head
 from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
+from akidb.embedding.tokenization import FloatArray, TokenizedModel, load_tokenizer
+from akidb.embedding.tokens import PaddedBatch
 from akidb.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,6 @@ class MlxProvider(TokenizedModel):
             return hidden[mx.arange(hidden.shape[0]), last]
         weights = mask.astype(mx.float32)[:, :, None]
         return (hidden * weights).sum(axis=1) / mx.maximum(weights.sum(axis=1), 1e-9)
-
-    def warmup(self) -> None:
-        self.embed(["warm-up"], "document")
 
     def close(self) -> None:
         self._model = None

@@ -33,7 +33,8 @@ from akidb.embedding.pooling import pool
 from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
+from akidb.embedding.tokenization import FloatArray, TokenizedModel, load_tokenizer
+from akidb.embedding.tokens import PaddedBatch
 
 log = logging.getLogger(__name__)
 
@@ -433,9 +434,6 @@ class OnnxProvider(TokenizedModel):
     def weight_bytes(self) -> int:
         """Bytes of the graph in use (its weights, INT8-packed where quantized, plus external data)."""
         return sum(path.stat().st_size for path in self.graph_path.parent.glob(f"{GRAPH_FILE}*"))
-
-    def warmup(self) -> None:
-        self.embed(["warm-up"], "document")
 
     def close(self) -> None:
         with self._lock:

@@ -16,7 +16,8 @@ from akidb.embedding.heads import load_output_head
 from akidb.embedding.provider import ProviderOptions, ProviderUnsupported, missing_extra
 from akidb.embedding.sources import max_seq_length_of
 from akidb.embedding.spec import ModelSpec
-from akidb.embedding.tokenization import FloatArray, PaddedBatch, TokenizedModel, load_tokenizer
+from akidb.embedding.tokenization import FloatArray, TokenizedModel, load_tokenizer
+from akidb.embedding.tokens import PaddedBatch
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,6 @@ class TorchProvider(TokenizedModel):
                     if isinstance(part, torch.Tensor):
                         total += part.numel() * part.element_size()
         return total
-
-    def warmup(self) -> None:
-        self.embed(["warm-up"], "document")
 
     def close(self) -> None:
         self._model = None
