@@ -33,6 +33,7 @@ from akidb.gateway.lifespan import lifespan
 from akidb.gateway.middleware import request_scope_middleware
 from akidb.gateway.openapi import tell_the_truth
 from akidb.gateway.runtime import Runtime
+from akidb.gateway.vectors_json import TYPE_ENCODERS
 
 
 class MetricsController(PrometheusController):
@@ -122,6 +123,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         lifespan=[lifespan(runtime)],
         middleware=[prometheus.middleware, request_scope_middleware(settings.embedding.request_timeout_ms)],
         request_max_body_size=settings.limits.max_body_bytes,
+        type_encoders=TYPE_ENCODERS,
         cors_config=CORSConfig(allow_origins=cors, allow_headers=["*"]) if cors else None,
         openapi_config=OpenAPIConfig(
             title="AkiDB gateway",

@@ -136,7 +136,10 @@ def test_openai_embeddings_floats_and_base64(server: AkidbServer) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     encoded = expect(openai(server, input=texts, model=MODEL, encoding_format="base64"), 200)
     decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in encoded["data"]])
-    np.testing.assert_allclose(decoded, vectors, atol=1e-6)
+    # JSON floats are float32's shortest form: read back as float32 they are the very bytes base64 carries.
+    np.testing.assert_array_equal(decoded, vectors)
+    native = expect(server.client.post("/api/v1/embed", json={"inputs": texts, "model": MODEL}), 200)
+    np.testing.assert_array_equal(np.array(native["embeddings"], dtype=np.float32), decoded)
     # One string is one embedding; no model means the default.
     single = expect(openai(server, input=texts[0]), 200)
     assert len(single["data"]) == 1

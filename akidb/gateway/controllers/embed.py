@@ -18,6 +18,7 @@ from akidb.gateway.schemas import (
     OpenAIUsage,
     Usage,
 )
+from akidb.gateway.vectors_json import as_vector, as_vectors
 
 
 class EmbedController(Controller):
@@ -33,7 +34,7 @@ class EmbedController(Controller):
         )
         vectors = result.embeddings.vectors
         return EmbedResponse(
-            embeddings=vectors.tolist(),
+            embeddings=as_vectors(vectors),
             model=result.model,
             dimension=int(vectors.shape[1]),
             usage=Usage(total_tokens=result.embeddings.total_tokens, duration_ms=round(result.duration_ms, 3)),
@@ -62,7 +63,7 @@ class OpenAIEmbeddingsController(Controller):
                 for i, row in enumerate(little_endian)
             ]
         else:
-            items = [OpenAIEmbedding(index=i, embedding=row) for i, row in enumerate(vectors.tolist())]
+            items = [OpenAIEmbedding(index=i, embedding=as_vector(row)) for i, row in enumerate(vectors)]
         tokens = result.embeddings.total_tokens
         return OpenAIEmbeddingResponse(
             data=items, model=result.model, usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens)
