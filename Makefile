@@ -48,6 +48,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.auth
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.replicas
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.imports
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.churn
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -82,6 +82,16 @@ class StorageSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     follow_interval_ms: int = 200
     consistency_wait_ms: int = 2000
     replica_timeout_s: float = 60.0
+    # Graph health, checked every health_check_interval_s (0: never): past this share of deleted slots (0:
+    # never) the HNSW graph is rebuilt in the background from the live rows and swapped in; and this many live
+    # points (0: none) are searched by their own vectors, the graph rebuilt if one is unreachable.
+    rebuild_deleted_ratio: float = 0.2
+    health_check_interval_s: float = 60.0
+    health_check_sample: int = 256
+    # Live recall: this share of the dense searches the graph serves is re-run exactly in the background; below
+    # recall_target, GET /api/v1/collections/{name} advises a higher ef_search.
+    recall_sample_rate: float = 0.01
+    recall_target: float = 0.95
 
     @property
     def resolved_url(self) -> str:
@@ -314,6 +324,16 @@ def _check_semantics(settings: Settings) -> None:
     for key in ("follow_interval_ms", "replica_timeout_s", "index_save_interval_s"):
         if getattr(storage, key) <= 0:
             raise ConfigError(f"config: `storage.{key}` must be more than 0")
+    if not 0 <= storage.rebuild_deleted_ratio < 1:
+        raise ConfigError("config: `storage.rebuild_deleted_ratio` must be at least 0 (never) and less than 1")
+    if storage.health_check_interval_s < 0 or storage.health_check_sample < 0:
+        raise ConfigError(
+            "config: `storage.health_check_interval_s` and `storage.health_check_sample` must be 0 or more"
+        )
+    if not (0 <= storage.recall_sample_rate <= 1 and 0 < storage.recall_target <= 1):
+        raise ConfigError(
+            "config: `storage.recall_sample_rate` must be in [0, 1] and `storage.recall_target` in (0, 1]"
+        )
     if storage.consistency_wait_ms < 0:
         raise ConfigError("config: `storage.consistency_wait_ms` must be 0 or more")
     if storage.replica_timeout_s * 1000 < 5 * storage.follow_interval_ms:

@@ -66,6 +66,41 @@ INDEX_CHECKPOINT_FAILURES = Counter(
     "Periodic rounds of saving index checkpoints that failed (retried next round; the database still holds "
     "everything, but a restart rebuilds more from it)",
 )
+INDEX_DELETED_RATIO = Gauge(
+    "akidb_index_deleted_ratio",
+    "Share of each collection's HNSW slots that hold deleted points (searches still walk through them); past "
+    "storage.rebuild_deleted_ratio the graph is rebuilt from the live rows",
+    ["collection"],
+)
+INDEX_UNREACHABLE = Gauge(
+    "akidb_index_unreachable_points",
+    "Live points of the last sampled reachability check that a search by their own vector did not find, even "
+    "at a wide ef (the graph is then rebuilt)",
+    ["collection"],
+)
+INDEX_REBUILDS = Counter(
+    "akidb_index_rebuilds_total",
+    "HNSW graphs rebuilt in the background and swapped in, by reason: deleted_ratio, unreachable",
+    ["collection", "reason"],
+)
+INDEX_REBUILD_IN_PROGRESS = Gauge(
+    "akidb_index_rebuild_in_progress", "1 while a collection's graph is being rebuilt in the background", ["collection"]
+)
+INDEX_REBUILD_DURATION = Histogram(
+    "akidb_index_rebuild_duration_seconds",
+    "Time of a background graph rebuild, from the snapshot to the swap",
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+RECALL_ESTIMATE = Gauge(
+    "akidb_index_recall_estimate",
+    "Mean recall@k of the last sampled dense searches the HNSW graph served at the collection's ef_search, each "
+    "re-run exactly off the hot path (storage.recall_sample_rate of them)",
+    ["collection"],
+)
+RECALL_SAMPLES_DROPPED = Counter(
+    "akidb_index_recall_samples_dropped_total",
+    "Sampled searches not re-run because the recall worker's queue was full",
+)
 REJECT_REASONS = ("queue_full", "deadline", "disconnected")
 
 

@@ -58,6 +58,7 @@ from akidb.embedding.loader import backend_factory
 from akidb.embedding.provider import EmbeddingProvider, ProviderOptions
 from akidb.embedding.registry import default_registry
 from akidb.embedding.sources import find_model_files
+from bench.inprocess import measure_inprocess
 from bench.memory import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -800,6 +801,13 @@ def main() -> None:
     print(f"raw {args.backend} {args.quantization}: " + ", ".join(f"{k} {v:.1f}" for k, v in raw.items()), flush=True)
     index = measure_raw_index(vectors, plan.raw_queries)
     print("raw hnswlib: " + ", ".join(f"{k} {v:.2f}" for k, v in index.items() if k != "hnsw"), flush=True)
+    inprocess = measure_inprocess(vectors, texts, plan.raw_queries)
+    print(
+        "in process (no HTTP): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in inprocess.items())
+        + f"; ratio to bare knn p50 {inprocess['search_p50_ms'] / index['knn_p50_ms']:.2f}x",
+        flush=True,
+    )
     workload = Workload(corpus, vectors)
     del vectors
     with running_server(args.backend, args.quantization) as server:
@@ -834,6 +842,7 @@ def main() -> None:
                 "server_config": server_config(args.backend, args.quantization),
                 "raw_model": raw,
                 "raw_index": index,
+                "in_process": inprocess,
                 "table": [asdict(row) for row in rows],
                 "scenarios": results,
                 "metrics": metrics,

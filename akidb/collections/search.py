@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from akidb.collections import filters
 from akidb.collections.planner import dense_search
+from akidb.collections.recall import RecallEstimator
 from akidb.collections.replica import Replica
 from akidb.collections.validation import (
     DEFAULT_LIMITS,
@@ -69,7 +70,7 @@ class SearchResult:
     duration_ms: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x, and this one is made per hit
 class _Ranked:
     label: int
     score: float
@@ -110,6 +111,9 @@ def _check_fusion(fusion: Fusion, max_top_k: int) -> None:
 
 
 class SearchService:
+    # Set by the lifespan: samples the searches the graph serves for an exact re-run (None: no telemetry).
+    recall: RecallEstimator | None = None
+
     def __init__(
         self,
         store: Store,
@@ -193,6 +197,10 @@ class SearchService:
         def search_and_hydrate() -> list[SearchHit]:
             return self._hydrate(handle, rank(), set(include))
 
+        # Always on a worker thread, never inline, even for a search with no SQL to do (no filter, no text):
+        # measured on 10,000 x 384 (the fortunes, ef 64, 2 cores), the graph walk alone (p50 0.37-0.40 ms)
+        # costs twice the hop (p50 0.17 ms), and hnswlib lets go of the GIL, so on a thread it overlaps
+        # the loop's HTTP work instead of stalling it.
         hits = await anyio.to_thread.run_sync(search_and_hydrate, limiter=self._readers)
         return SearchResult(
             hits=hits,
@@ -239,6 +247,8 @@ class SearchService:
         allowed: npt.NDArray[np.int64] | None,
     ) -> list[_Ranked]:
         found = dense_search(handle, query, k, ef=ef, allowed=allowed, exact_max=self.exact_search_max)
+        if self.recall is not None and found.plan == "graph" and ef in (None, handle.graph.params.ef_search):
+            self.recall.offer(handle, query, k, found.labels)  # live recall telemetry: collections/recall.py
         return [
             _Ranked(label, score_of(handle.metric, distance), distance)
             for label, distance in zip(found.labels, found.distances, strict=True)
@@ -250,26 +260,34 @@ class SearchService:
         return [_Ranked(label, score, None) for label, score in zip(labels, scores, strict=True)]
 
     def _hydrate(self, handle: OpenCollection, ranked: list[_Ranked], wanted: set[str]) -> list[SearchHit]:
-        rows = self.store.documents_by_label(
-            handle.id,
-            [hit.label for hit in ranked],
-            with_text="text" in wanted,
-            with_metadata="metadata" in wanted,
-            with_vector="vector" in wanted,
+        """Ids and metadata from the metadata mirror; text and vectors, which only the database holds, in one
+        query and only when `include` asks for them."""
+        labels = [hit.label for hit in ranked]
+        held = handle.metadata.hits(labels, with_metadata="metadata" in wanted)
+        with_text, with_vector = "text" in wanted, "vector" in wanted
+        rows = (
+            self.store.texts_by_label(handle.id, labels, with_text=with_text, with_vector=with_vector)
+            if with_text or with_vector
+            else None
         )
         hits = []
-        for hit in ranked:
-            row = rows.get(hit.label)
-            if row is None:  # deleted between the ranking and the read
+        for hit, found in zip(ranked, held, strict=True):
+            text, vector = None, None
+            if rows is not None:
+                row = rows.get(hit.label)
+                if row is None:  # deleted between the ranking and the read
+                    continue
+                text, vector = row
+            if found is None:  # deleted: the mirror lets go of a label after the graph and the exact scan
                 continue
             hits.append(
                 SearchHit(
-                    id=row.id,
+                    id=found[0],
                     score=hit.score,
                     distance=hit.distance,
-                    text=row.text if "text" in wanted else None,
-                    metadata=row.metadata if "metadata" in wanted else None,
-                    vector=row.vector.tolist() if row.vector is not None else None,
+                    text=text,
+                    metadata=found[1],
+                    vector=None if vector is None else vector.tolist(),
                 )
             )
         return hits

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
 
+from akidb.collections.recall import RecallEstimate, RecallEstimator
 from akidb.collections.replica import Replica
 from akidb.collections.validation import MAX_DIMENSION, METRICS, check_collection_name, check_ef_search, check_hnsw
 from akidb.embedding.registry import ModelRegistry
@@ -36,9 +37,13 @@ class CollectionInfo:
     updated_at: datetime
     seq: int  # the collection's last write, in the database
     applied_seq: int  # how far this process has applied it
+    recall: RecallEstimate | None = None  # live recall telemetry (get only)
 
 
 class CollectionService:
+    # Set by the lifespan: the live recall estimates that `get` shows (None: no telemetry).
+    recall: RecallEstimator | None = None
+
     def __init__(self, store: Store, replica: Replica, registry: ModelRegistry, *, default_model: str | None) -> None:
         self.store = store
         self.replica = replica
@@ -108,9 +113,10 @@ class CollectionService:
     async def get(self, name: str) -> CollectionInfo:
         def read() -> CollectionInfo:
             record = self.store.get_collection(name)
-            return self._info(
+            info = self._info(
                 record, document_count=self.store.count_documents(record.id), applied_seq=self._applied(record)
             )
+            return info if self.recall is None else replace(info, recall=self.recall.estimate(record.id))
 
         return await anyio.to_thread.run_sync(read)
 

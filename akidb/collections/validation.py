@@ -77,6 +77,14 @@ def check_vector(
             f"{where}: vector has {len(values)} values, collection '{collection}' expects {dimension}",
             extra={"field": field},
         )
+    # The common case in one conversion and one reduction (a search's query vector is checked on the event
+    # loop): a finite 4 x squared norm in float32 means every value is finite in float64 and in float32 too,
+    # and, when positive, that the vector is not all zeros. Anything else is examined step by step below.
+    with np.errstate(over="ignore", invalid="ignore"):
+        fast = np.array(values, dtype=np.float32)
+        reach = np.float32(4) * np.dot(fast, fast)
+    if fast.ndim == 1 and np.isfinite(reach) and (reach > 0 or metric != "cosine"):
+        return fast
     vector = np.asarray(values, dtype=np.float64)
     if not np.isfinite(vector).all():
         bad = int(np.flatnonzero(~np.isfinite(vector))[0])
@@ -143,6 +151,7 @@ def prepare_documents(
         )
     prepared: list[PreparedDocument] = []
     first_seen: dict[str, int] = {}
+    checked = _checked_vectors(documents, dimension=dimension, metric=metric)
     for position, doc in enumerate(documents):
         where = f"document {position}"
         field = f"documents[{position}]"
@@ -169,7 +178,9 @@ def prepare_documents(
         if doc.metadata is not None:
             _check_metadata(doc.metadata, where=where, field=f"{field}.metadata")
         vector = None
-        if doc.vector is not None:
+        if checked is not None and doc.vector is not None:
+            vector = checked[position]
+        elif doc.vector is not None:  # some vector is refused: find which, with its message
             vector = check_vector(
                 doc.vector,
                 dimension=dimension,
@@ -187,6 +198,34 @@ def prepare_documents(
             )
         prepared.append(PreparedDocument(doc.id, doc.text, dict(doc.metadata or {}), vector))
     return prepared
+
+
+def _checked_vectors(
+    documents: Sequence[DocumentInput], *, dimension: int, metric: str
+) -> dict[int, npt.NDArray[np.float32]] | None:
+    """check_vector for every document's vector in a few whole-batch numpy passes: by position, the float32
+    vectors, or None if any would be refused (check_vector then finds which, with its message)."""
+    positions: list[int] = []
+    rows: list[Sequence[float]] = []
+    for position, doc in enumerate(documents):
+        if doc.vector is not None:
+            positions.append(position)
+            rows.append(doc.vector)
+    if not rows:
+        return {}
+    if any(len(row) != dimension for row in rows):
+        return None
+    matrix = np.asarray(rows, dtype=np.float64).reshape(len(rows), dimension)
+    if not np.isfinite(matrix).all():
+        return None
+    with np.errstate(over="ignore"):
+        as_f32 = matrix.astype(np.float32)
+        reach = np.float32(4) * np.einsum("ij,ij->i", as_f32, as_f32)
+    if not (np.isfinite(as_f32).all() and np.isfinite(reach).all()):
+        return None
+    if metric == "cosine" and not as_f32.any(axis=1).all():
+        return None
+    return dict(zip(positions, as_f32, strict=True))
 
 
 def _check_metadata(value: Any, *, where: str, field: str) -> None:

@@ -109,7 +109,18 @@ class CollectionPatch(_In):
         check_nesting(self.metadata, "metadata")
 
 
-class Collection(_Out):
+class RecallOut(_Out):
+    """Live recall: the mean recall@k of the last sampled searches the graph served at `ef_search`, each re-run
+    exactly in the background; `ef_search_advice` (else null) when it is below `target`."""
+
+    estimate: float
+    samples: int
+    ef_search: int
+    target: float
+    ef_search_advice: int | None
+
+
+class Collection(_Out, omit_defaults=True):
     name: str
     embedding_model: str | None
     dimension: int
@@ -122,6 +133,8 @@ class Collection(_Out):
     # The collection's last write in the database, and how far the answering process has applied it.
     seq: int
     applied_seq: int
+    # GET /api/v1/collections/{name} only, once some of its searches were sampled (storage.recall_sample_rate).
+    recall: RecallOut | None = None
 
 
 class CollectionList(_Out):

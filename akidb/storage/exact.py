@@ -100,6 +100,24 @@ class ExactVectors:
             size = len(self._row_of)
             return [0 <= label < size and bool(self._row_of[label] >= 0) for label in labels]
 
+    def changed(self, labels: Sequence[int], vectors: Vector) -> list[bool]:
+        """Per label: whether `vectors` (as upsert would store them) differ from what it holds; True for a
+        label that holds none. Call it from the one writer, before its upsert."""
+        data = np.asarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension)
+        wanted = np.asarray(labels, dtype=np.int64)
+        with self._lock.read():
+            inside = (wanted >= 0) & (wanted < len(self._row_of))
+            rows = np.full(len(wanted), -1, np.int64)
+            rows[inside] = self._row_of[wanted[inside]]
+            held = rows >= 0
+            if not held.any():
+                return [True] * len(labels)
+            if self.metric == "cosine":
+                data = l2_normalize(data)
+            same = np.zeros(len(wanted), np.bool_)
+            same[held] = (self._matrix[rows[held]] == data[held]).all(axis=1)
+        return [not x for x in same.tolist()]
+
     def rows_of(self, labels: Labels) -> npt.NDArray[np.int64]:
         """Rows of the live labels among `labels`; call under the read lock."""
         labels = labels[(labels >= 0) & (labels < len(self._row_of))]

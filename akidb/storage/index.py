@@ -42,6 +42,8 @@ def _fsync_dir(path: Path) -> None:
 
 # Rows added to the graph per hold of the write lock (see HnswIndex.upsert).
 GRAPH_WRITE_SLICE = 32
+# Rows per add_items call of a background rebuild: between calls it looks whether it should stop.
+_BUILD_BATCH = 2048
 
 
 class HnswIndex:
@@ -94,6 +96,28 @@ class HnswIndex:
     @property
     def dirty(self) -> bool:
         return self.applied_seq != self.saved_seq
+
+    @property
+    def deleted_ratio(self) -> float:
+        """The share of the graph's slots that hold deleted points: searches still walk through them."""
+        slots = int(self._index.element_count)
+        return self._free_slots / slots if slots else 0.0
+
+    def vectors_of(self, labels: list[int]) -> tuple[list[int], npt.NDArray[np.float32]]:
+        """The stored vectors of those labels that are live in the graph now (normalised for cosine)."""
+        with self._lock.read():
+            try:
+                return labels, np.asarray(self._index.get_items(labels), dtype=np.float32).reshape(-1, self.dimension)
+            except RuntimeError:  # one of them was deleted meanwhile: one at a time
+                found: list[int] = []
+                rows: list[npt.NDArray[np.float32]] = []
+                for label in labels:
+                    try:
+                        rows.append(np.asarray(self._index.get_items([label]), dtype=np.float32).reshape(-1))
+                    except RuntimeError:
+                        continue
+                    found.append(label)
+        return found, np.stack(rows) if rows else np.empty((0, self.dimension), np.float32)
 
     def search(
         self,
@@ -264,6 +288,45 @@ class HnswIndex:
                 continue
             return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq))
         return None
+
+    @classmethod
+    def built_from(
+        cls,
+        labels: npt.NDArray[np.uint64],
+        vectors: npt.NDArray[np.float32],
+        *,
+        dimension: int,
+        metric: str,
+        params: HnswParams,
+        seq: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        threads: int = -1,
+    ) -> HnswIndex | None:
+        """A fresh graph of exactly these points, added in batches on `threads` threads (a background rebuild:
+        nothing else sees it yet, so no lock). None if `should_stop` said so between batches."""
+        raw = hnswlib.Index(space=metric, dim=dimension)
+        raw.init_index(
+            max_elements=max(_MIN_CAPACITY, len(labels) + len(labels) // 8),
+            ef_construction=params.ef_construction,
+            M=params.m,
+            allow_replace_deleted=True,
+        )
+        for start in range(0, len(labels), _BUILD_BATCH):
+            if should_stop():
+                return None
+            part = slice(start, start + _BUILD_BATCH)
+            raw.add_items(np.ascontiguousarray(vectors[part]), labels[part], num_threads=threads)
+        return cls(dimension=dimension, metric=metric, params=params, loaded=(raw, seq))
+
+    def adopt(self, rebuilt: HnswIndex) -> None:
+        """Serve `rebuilt`'s graph from now on, in one step under the write lock: searches in flight finish on
+        the old graph, later ones use the new. The caller makes sure `rebuilt` holds this index's applied_seq
+        state; the checkpoint on disk is older than the graph now, so the next save writes one."""
+        with self._lock.write():
+            self._index = rebuilt._index
+            self._free_slots = rebuilt._free_slots
+            self._index.set_ef(self.params.ef_search)
+            self.saved_seq = -1
 
     def reconcile_free_slots(self, live_count: int) -> None:
         """After catch-up the index holds exactly the database's rows; the rest are deleted slots."""

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -40,6 +41,8 @@ NULL, BOOL, NUMBER, STRING, ARRAY, OBJECT = 1, 2, 3, 4, 5, 6
 _COMPARE_OPS = ("$gt", "$gte", "$lt", "$lte")
 # Compaction waits for at least this many dead positions, so a small collection never churns.
 DEFAULT_COMPACT_MIN_DEAD = 1024
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
 def as_number(value: int | float) -> float:
@@ -191,6 +194,9 @@ class MetadataMirror:
         self._alive: NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._label_at: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._id_at: NDArray[np.object_] = np.empty(0, dtype=object)
+        # Each position's metadata as compact JSON (bytes): what a search hit shows, without a SQL read.
+        # Bytes rather than the dicts: a third of the memory, and no caller can change what is held.
+        self._meta_at: NDArray[np.object_] = np.empty(0, dtype=object)
         self._pos_of_label: dict[int, int] = {}
         self._pos_of_id: dict[str, int] = {}
         self._columns: dict[Path, _Column] = {}
@@ -207,10 +213,13 @@ class MetadataMirror:
             # Flatten first: a value of an unsupported type raises before anything changes.
             for i, meta in enumerate(metadatas):
                 self._flatten(meta, (), start + i, buffers)
+            encoded = [_ENCODER.encode(meta) for meta in metadatas]
             end = start + len(labels)
             self._alive = _grown(self._alive, end, False)
             self._label_at = _grown(self._label_at, end)
             self._id_at = _grown(self._id_at, end, None)
+            self._meta_at = _grown(self._meta_at, end, None)
+            self._meta_at[start:end] = encoded
             for i, (label, doc_id) in enumerate(zip(labels, ids, strict=True)):
                 label = int(label)
                 for old in (self._pos_of_label.get(label), self._pos_of_id.get(doc_id)):
@@ -300,6 +309,7 @@ class MetadataMirror:
                 del self._columns[path]
         self._label_at = self._label_at[: self._n][alive]
         self._id_at = self._id_at[: self._n][alive]
+        self._meta_at = self._meta_at[: self._n][alive]
         self._n = len(self._label_at)
         self._alive = np.ones(self._n, dtype=np.bool_)
         self._dead = 0
@@ -438,6 +448,20 @@ class MetadataMirror:
         ids: list[str] = self._id_at[: self._n][mask].tolist()
         return ids
 
+    def hits(self, labels: Sequence[int], *, with_metadata: bool) -> list[tuple[str, dict[str, Any] | None] | None]:
+        """Per label: (id, metadata if asked for), or None for a label no live document holds. Takes the read
+        lock itself: a compaction renumbers positions."""
+        out: list[tuple[str, dict[str, Any] | None] | None] = []
+        with self.reading():
+            get, id_at, meta_at = self._pos_of_label.get, self._id_at, self._meta_at
+            for label in labels:
+                p = get(label)
+                if p is None:
+                    out.append(None)
+                else:
+                    out.append((id_at[p], _DECODER.decode(meta_at[p]) if with_metadata else None))
+        return out
+
     def positions_of_ids(self, ids: Sequence[str]) -> NDArray[np.int64]:
         """Positions of the live documents with these ids; unknown ids are skipped."""
         get = self._pos_of_id.get
@@ -447,6 +471,7 @@ class MetadataMirror:
         """Estimated memory: the arrays, the id strings, the dictionaries and the columns' strings."""
         with self.reading():
             total = self._alive.nbytes + self._label_at.nbytes + self._id_at.nbytes + sys.getsizeof(self._columns)
+            total += self._meta_at.nbytes + sum(sys.getsizeof(m) for m in self._meta_at[: self._n] if m is not None)
             total += sum(sys.getsizeof(i) for i in self._pos_of_id)  # the id strings, shared with _id_at
             # The two dictionaries, with an int object per label and one per position (shared by both).
             total += sys.getsizeof(self._pos_of_id) + sys.getsizeof(self._pos_of_label) + 28 * 2 * len(self._pos_of_id)

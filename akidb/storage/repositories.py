@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
+import msgspec
+import numpy as np
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from akidb.errors import AlreadyExists, NotFound, collection_not_found
@@ -21,6 +23,7 @@ from akidb.storage.records import (
     HnswParams,
     NewDocument,
     UpsertOutcome,
+    Vector,
     blob_to_vector,
     vector_to_blob,
 )
@@ -30,6 +33,15 @@ _documents = cast(Table, DocumentRow.__table__)
 _tombstones = cast(Table, TombstoneRow.__table__)
 # Stay well under every database's limit on bound parameters.
 _CHUNK = 500
+_JSON = msgspec.json.Encoder()
+
+
+def _vector_blobs(vectors: Sequence[Any]) -> list[bytes]:
+    """Each vector as its blob (vector_to_blob), from one little-endian float32 matrix when they all fit it."""
+    if vectors and all(len(np.shape(v)) == 1 for v in vectors) and len({len(v) for v in vectors}) == 1:
+        matrix = np.ascontiguousarray(np.stack(vectors), dtype="<f4")
+        return [row.tobytes() for row in matrix]
+    return [vector_to_blob(v) for v in vectors]
 
 
 def _utc(value: datetime) -> datetime:
@@ -177,34 +189,34 @@ class Store:
             seq, next_label = head.last_seq, head.next_label
             labels: list[int] = []
             is_new: list[bool] = []
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            for doc in documents:
+            inserts: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            # Rows as the driver takes them, one executemany per statement: SQLAlchemy's per-row parameter
+            # processing and json.dumps cost more than the statements themselves (~12 of 30 ms per 100 rows).
+            blobs = _vector_blobs([doc.vector for doc in documents])
+            for doc, blob in zip(documents, blobs, strict=True):
                 seq += 1
-                values = {
-                    "text": doc.text,
-                    "metadata": doc.metadata,
-                    "vector": vector_to_blob(doc.vector),
-                    "seq": seq,
-                }
+                metadata = _JSON.encode(doc.metadata).decode()
                 label = existing.get(doc.id)
                 if label is None:
                     label = next_label
                     next_label += 1
-                    inserts.append(values | {"collection_id": collection_id, "id": doc.id, "label": label})
+                    inserts.append((collection_id, doc.id, label, doc.text, metadata, blob, seq))
                 else:
-                    updates.append(values | {"b_collection_id": collection_id, "b_id": doc.id})
+                    updates.append((doc.text, metadata, blob, seq, collection_id, doc.id))
                 labels.append(label)
-                is_new.append(doc.id not in existing)
+                is_new.append(label >= head.next_label)
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             if inserts:
-                conn.execute(insert(_documents), inserts)
+                conn.exec_driver_sql(
+                    'INSERT INTO documents (collection_id, id, label, text, "metadata", vector, seq) '
+                    f"VALUES ({', '.join([mark] * 7)})",
+                    inserts,
+                )
             if updates:
-                # executemany UPDATE: the SET clause comes from the parameter keys.
-                conn.execute(
-                    update(_documents).where(
-                        _documents.c.collection_id == bindparam("b_collection_id"),
-                        _documents.c.id == bindparam("b_id"),
-                    ),
+                conn.exec_driver_sql(
+                    f'UPDATE documents SET text = {mark}, "metadata" = {mark}, vector = {mark}, seq = {mark} '
+                    f"WHERE collection_id = {mark} AND id = {mark}",
                     updates,
                 )
             conn.execute(
@@ -293,21 +305,31 @@ class Store:
             rows = conn.execute(query.order_by(doc_id).limit(limit)).all()
         return [self._document(row, with_vector) for row in rows]
 
-    def documents_by_label(
-        self,
-        collection_id: int,
-        labels: Sequence[int],
-        *,
-        with_text: bool,
-        with_metadata: bool,
-        with_vector: bool,
-    ) -> dict[int, DocumentRecord]:
-        """The rows behind k-NN hits. On the search path, so it runs plain SQL on a pooled DBAPI
-        connection: SQLAlchemy's statement building and result processing cost more than the query
-        (1.1 ms of a 1.7 ms search, measured on 10 hits)."""
-        return self._documents_where(
-            collection_id, "label", labels, with_text=with_text, with_metadata=with_metadata, with_vector=with_vector
-        )
+    def texts_by_label(
+        self, collection_id: int, labels: Sequence[int], *, with_text: bool, with_vector: bool
+    ) -> dict[int, tuple[str | None, Vector | None]]:
+        """What only the database holds of k-NN hits (search takes ids and metadata from memory): (text, vector)
+        per label that still has a row, each asked-for column or None. One query on a pooled DBAPI connection."""
+        if not labels:
+            return {}
+        columns = ["label", "text" if with_text else "NULL", "vector" if with_vector else "NULL"]
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        found: dict[int, tuple[str | None, Vector | None]] = {}
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            for chunk in _chunks(list(labels)):
+                cursor.execute(
+                    f"SELECT {', '.join(columns)} FROM documents "
+                    f"WHERE collection_id = {mark} AND label IN ({', '.join([mark] * len(chunk))})",
+                    [collection_id, *chunk],
+                )
+                for label, text, blob in cursor.fetchall():
+                    found[label] = (text, None if blob is None else blob_to_vector(blob))
+            cursor.close()
+        finally:
+            connection.close()  # back to the pool
+        return found
 
     def documents_by_id(
         self,

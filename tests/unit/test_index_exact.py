@@ -53,3 +53,18 @@ def test_equal_vectors_come_back_in_label_order() -> None:
     exact = ExactVectors(dimension=3, metric="l2")
     exact.upsert([7, 3, 5], np.ones((3, 3), np.float32))
     assert exact.search(np.ones(3, np.float32), 3)[0] == [3, 5, 7]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_changed_tells_which_vectors_differ_from_what_is_held(metric: str) -> None:
+    rng = np.random.default_rng(3)
+    exact = ExactVectors(dimension=4, metric=metric)
+    held = rng.standard_normal((3, 4)).astype(np.float32)
+    exact.upsert([0, 1, 2], held)
+    exact.delete([2])
+    other = held.copy()
+    other[1, 0] += 1e-3
+    # 0 the same, 1 moved, 2 deleted (holds none), 9 never seen: only 0 is unchanged.
+    assert exact.changed([0, 1, 2, 9], np.stack([held[0], other[1], held[2], held[0]])) == [False, True, True, True]
+    if metric == "cosine":  # compared as stored: normalised
+        assert exact.changed([0], held[:1] * 2) == [False]

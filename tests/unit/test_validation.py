@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from akidb.collections.validation import check_collection_name, prepare_documents
+from akidb.collections.validation import check_collection_name, check_vector, prepare_documents
 from akidb.errors import DimensionMismatch, InvalidDocument, InvalidRequest, PayloadTooLarge
 
 
@@ -117,3 +119,52 @@ def test_nul_characters_are_rejected_on_every_database(doc: Doc, where: str) -> 
         prepare([Doc(text="fine"), doc])
     assert caught.value.extra["field"] == where
     assert caught.value.detail.startswith("document 1:")
+
+
+# Values that exercise every refusal: non-finite, past float32, a squared norm past float32, zeros, subnormals.
+_VALUE = st.one_of(
+    st.floats(-2.0, 2.0, width=32),
+    st.sampled_from([0.0, math.inf, -math.inf, math.nan, 1e39, -1e39, 1e19, 1e-45, 1e-300]),
+)
+
+
+def _reference(vectors: list[list[float]], metric: str) -> list[np.ndarray] | tuple[str, str]:
+    """The documents' vectors as the step-by-step check_vector path would give them, or its first error."""
+    out = []
+    for position, vector in enumerate(vectors):
+        try:
+            values = np.asarray(vector, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                as_f32 = values.astype(np.float32)
+                reach = np.float32(4) * np.dot(as_f32, as_f32)
+            if not (np.isfinite(values).all() and np.isfinite(as_f32).all() and np.isfinite(reach)):
+                raise InvalidDocument("refused", extra={"field": f"documents[{position}].vector"})
+            if metric == "cosine" and not as_f32.any():
+                raise InvalidDocument("zeros", extra={"field": f"documents[{position}].vector"})
+        except InvalidDocument as error:
+            return ("error", error.extra["field"])
+        out.append(as_f32)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    vectors=st.lists(st.lists(_VALUE, min_size=3, max_size=3), min_size=1, max_size=6),
+    metric=st.sampled_from(["cosine", "l2", "ip"]),
+)
+def test_whole_batch_vector_checks_agree_with_one_at_a_time(vectors: list[list[float]], metric: str) -> None:
+    """The batch and single-vector fast paths accept exactly what the step-by-step checks accept, give the same
+    float32 values, and refuse the first bad document by its field."""
+    expected = _reference(vectors, metric)
+    if isinstance(expected, tuple):
+        with pytest.raises(InvalidDocument) as info:
+            prepare([Doc(vector=vector) for vector in vectors], metric=metric)
+        assert info.value.extra["field"].startswith(expected[1])  # ".vector" or ".vector[i]" for a value
+        return
+    prepared = prepare([Doc(vector=vector) for vector in vectors], metric=metric)
+    for doc, want in zip(prepared, expected, strict=True):
+        assert doc.vector is not None
+        assert doc.vector.tobytes() == want.tobytes()
+    for vector, want in zip(vectors, expected, strict=True):
+        got = check_vector(vector, dimension=3, metric=metric, collection="docs", where="q", field="vector")
+        assert got.tobytes() == want.tobytes()

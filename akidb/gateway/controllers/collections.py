@@ -10,7 +10,15 @@ from akidb.collections.service import CollectionInfo, CollectionService
 from akidb.errors import InvalidRequest
 from akidb.gateway.access import require_visible
 from akidb.gateway.errors import error_responses
-from akidb.gateway.schemas import SEQ_HEADER, Collection, CollectionCreate, CollectionList, CollectionPatch, HnswOut
+from akidb.gateway.schemas import (
+    SEQ_HEADER,
+    Collection,
+    CollectionCreate,
+    CollectionList,
+    CollectionPatch,
+    HnswOut,
+    RecallOut,
+)
 from akidb.storage.records import HnswParams
 
 
@@ -27,6 +35,15 @@ def to_wire(info: CollectionInfo) -> Collection:
         updated_at=info.updated_at.isoformat(),
         seq=info.seq,
         applied_seq=info.applied_seq,
+        recall=None
+        if info.recall is None
+        else RecallOut(
+            estimate=round(info.recall.recall, 4),
+            samples=info.recall.samples,
+            ef_search=info.recall.ef_search,
+            target=info.recall.target,
+            ef_search_advice=info.recall.advice,
+        ),
     )
 
 
