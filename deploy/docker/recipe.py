@@ -292,7 +292,7 @@ from akidb.config import EmbeddingSettings
 from akidb.embedding.provider import ProviderOptions
 from akidb.embedding.providers.onnx import OnnxProvider
 from akidb.embedding.registry import registry_from_settings
-from akidb.embedding.router import detect_backends
+from akidb.embedding.loader import detect_backends
 from akidb.embedding.sources import find_model_files
 
 spec = registry_from_settings(EmbeddingSettings(model=model)).get(model)
