@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -17,6 +18,16 @@ from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.changes import ChangeFeed
 from akidb.storage.collection import OpenCollections
 from akidb.storage.repositories import Store
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What DocumentService.upsert reads from each document."""
+
+    id: str | None
+    text: str | None
+    vector: list[float] | None
+    metadata: dict[str, Any] | None
 
 
 @dataclass

@@ -313,23 +313,30 @@ class Store:
         if not labels:
             return {}
         columns = ["label", "text" if with_text else "NULL", "vector" if with_vector else "NULL"]
+        return {
+            label: (text, None if blob is None else blob_to_vector(blob))
+            for label, text, blob in self._rows_where_in(collection_id, columns, "label", labels)
+        }
+
+    def _rows_where_in(
+        self, collection_id: int, columns: Sequence[str], key: str, keys: Sequence[int] | Sequence[str]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of `columns` whose `key` is among `keys`, in chunks of IN lists, on a pooled DBAPI connection
+        (a raw cursor: these reads sit on the search and get paths, where SQLAlchemy Core's cost showed)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        found: dict[int, tuple[str | None, Vector | None]] = {}
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
-            for chunk in _chunks(list(labels)):
+            for chunk in _chunks(list(keys)):
                 cursor.execute(
                     f"SELECT {', '.join(columns)} FROM documents "
-                    f"WHERE collection_id = {mark} AND label IN ({', '.join([mark] * len(chunk))})",
+                    f"WHERE collection_id = {mark} AND {key} IN ({', '.join([mark] * len(chunk))})",
                     [collection_id, *chunk],
                 )
-                for label, text, blob in cursor.fetchall():
-                    found[label] = (text, None if blob is None else blob_to_vector(blob))
+                yield from cursor.fetchall()
             cursor.close()
         finally:
             connection.close()  # back to the pool
-        return found
 
     def documents_by_id(
         self,
@@ -364,33 +371,20 @@ class Store:
             columns.append('"metadata"')
         if with_vector:
             columns.append("vector")
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         found: dict[int, DocumentRecord] = {}
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            for chunk in _chunks(list(keys)):
-                cursor.execute(
-                    f"SELECT {', '.join(columns)} FROM documents "
-                    f"WHERE collection_id = {mark} AND {key} IN ({', '.join([mark] * len(chunk))})",
-                    [collection_id, *chunk],
-                )
-                for row in cursor.fetchall():
-                    values = dict(zip(("id", "label", "seq", *(c.strip('"') for c in columns[3:])), row, strict=True))
-                    metadata = values.get("metadata")
-                    if isinstance(metadata, str | bytes):
-                        metadata = json.loads(metadata)
-                    found[values["label"]] = DocumentRecord(
-                        id=values["id"],
-                        label=values["label"],
-                        text=values["text"] if with_text else None,
-                        metadata=(metadata or {}) if with_metadata else {},
-                        vector=blob_to_vector(values["vector"]) if with_vector else None,
-                        seq=values["seq"],
-                    )
-            cursor.close()
-        finally:
-            connection.close()  # back to the pool
+        for row in self._rows_where_in(collection_id, columns, key, keys):
+            values = dict(zip(("id", "label", "seq", *(c.strip('"') for c in columns[3:])), row, strict=True))
+            metadata = values.get("metadata")
+            if isinstance(metadata, str | bytes):
+                metadata = json.loads(metadata)
+            found[values["label"]] = DocumentRecord(
+                id=values["id"],
+                label=values["label"],
+                text=values["text"] if with_text else None,
+                metadata=(metadata or {}) if with_metadata else {},
+                vector=blob_to_vector(values["vector"]) if with_vector else None,
+                seq=values["seq"],
+            )
         return found
 
     @staticmethod

@@ -21,18 +21,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event
 
 from akidb.storage.db import create_db_engine, migrate
-from tests.services import Services, build_services
+from tests.services import Doc, Services, build_services
 
 T = TypeVar("T")
 DIM = 8
-
-
-@dataclass(frozen=True)
-class Doc:
-    id: str | None
-    text: str | None
-    vector: list[float] | None
-    metadata: dict[str, Any] | None
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

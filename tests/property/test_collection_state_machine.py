@@ -32,7 +32,7 @@ from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
 from tests.filter_reference import matches
 from tests.oracle import brute_distances
-from tests.services import build_services
+from tests.services import Doc, build_services
 
 T = TypeVar("T")
 Vector = npt.NDArray[np.float32]
@@ -45,16 +45,6 @@ MAX_VECTOR_COLLECTIONS = 3
 DISTANCE_TOL = 1e-4
 MIN_RECALL = 0.8
 MIN_MEAN_RECALL = 0.95
-
-
-@dataclass(frozen=True)
-class Doc:
-    """What DocumentService.upsert reads from each document."""
-
-    id: str | None
-    text: str | None
-    vector: list[float] | None
-    metadata: dict[str, Any] | None
 
 
 @dataclass
