@@ -20,7 +20,6 @@ import os
 import time
 from typing import Any
 
-import hnswlib
 import numpy as np
 import orjson
 
@@ -29,6 +28,7 @@ from bench.serving import (
     MODEL,
     RESULTS,
     Connection,
+    bare_index,
     corpus_vectors,
     load_corpus,
     percentile,
@@ -87,14 +87,7 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 def bare_hnswlib(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
-    index.init_index(max_elements=len(vectors), M=DEFAULTS.m, ef_construction=DEFAULTS.ef_construction)
-    index.set_ef(DEFAULTS.ef_search)
-    started = time.perf_counter()
-    for start in range(0, len(vectors), BATCH):
-        rows = np.arange(start, min(start + BATCH, len(vectors)))
-        index.add_items(vectors[rows], rows, num_threads=-1)
-    build_s = time.perf_counter() - started
+    index, build_s = bare_index(vectors, BATCH)
     latencies, found = [], []
     for query in queries:
         began = time.perf_counter()

@@ -199,16 +199,22 @@ def corpus_vectors(embed: Callable[..., Any], backend: str, quantization: str, t
     return vectors
 
 
-def measure_raw_index(vectors: Vectors, queries: int) -> dict[str, Any]:
-    """hnswlib with the collection defaults: adds in batches of 100, then single and batched k-NN."""
+def bare_index(vectors: Vectors, batch: int) -> tuple[hnswlib.Index, float]:
+    """Bare hnswlib with the collection defaults, filled in batches of `batch` on every core: (index, seconds)."""
     index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
     index.init_index(max_elements=len(vectors), M=DEFAULT_HNSW.m, ef_construction=DEFAULT_HNSW.ef_construction)
     index.set_ef(DEFAULT_HNSW.ef_search)
     started = time.perf_counter()
-    for start in range(0, len(vectors), UPSERT_BATCH):
-        rows = np.arange(start, min(start + UPSERT_BATCH, len(vectors)))
+    for start in range(0, len(vectors), batch):
+        rows = np.arange(start, min(start + batch, len(vectors)))
         index.add_items(vectors[rows], rows, num_threads=-1)
-    add_rate = len(vectors) / (time.perf_counter() - started)
+    return index, time.perf_counter() - started
+
+
+def measure_raw_index(vectors: Vectors, queries: int) -> dict[str, Any]:
+    """hnswlib with the collection defaults: adds in batches of 100, then single and batched k-NN."""
+    index, seconds = bare_index(vectors, UPSERT_BATCH)
+    add_rate = len(vectors) / seconds
     latencies = []
     for row in range(queries):
         started = time.perf_counter()
