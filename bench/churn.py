@@ -34,10 +34,11 @@ import numpy.typing as npt
 
 from akidb.collections.service import DEFAULT_HNSW
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollection, open_collection
+from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.graph_health import find_unreachable
 from akidb.storage.index import HnswIndex
+from akidb.storage.open_collections import open_collection
 from akidb.storage.rebuild import rebuild_graph
 from akidb.storage.records import NewDocument
 from akidb.storage.repositories import Store

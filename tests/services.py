@@ -16,7 +16,7 @@ from akidb.config import EmbeddingSettings, LimitsSettings
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollections
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.repositories import Store
 
 

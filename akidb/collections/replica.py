@@ -19,8 +19,9 @@ import anyio.to_thread
 from akidb.errors import InvalidRequest, NotCaughtUp, NotFound
 from akidb.observability import REPLICA_APPLIED_SEQ, REPLICA_LAG
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollection, OpenCollections, Stale
+from akidb.storage.collection import OpenCollection, Stale
 from akidb.storage.follower import Follower
+from akidb.storage.open_collections import OpenCollections
 
 log = logging.getLogger(__name__)
 # How often a read waiting for its min_seq looks again, when a catch-up did not get there.

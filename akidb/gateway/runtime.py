@@ -15,9 +15,9 @@ from akidb.config import Settings
 from akidb.embedding.registry import ModelRegistry, registry_from_settings
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollections
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.keys import KeyStore
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.repositories import Store
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from akidb.errors import NotFound
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollection, OpenCollections, Stale
+from akidb.storage.collection import OpenCollection, Stale
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.records import CollectionHead
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import threading
 import numpy as np
 
 from akidb import observability
-from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.collection import OpenCollection
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.rebuild import RebuildReport, rebuild_graph
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The database is the truth. A checkpoint file is named after the highest `seq` it contains, so opening
 an index means: load the newest readable checkpoint, replay the rows written after it and drop the labels
-that no row holds any more (see storage/collection.py).
+that no row holds any more (see storage/open_collections.py).
 """
 
 from __future__ import annotations

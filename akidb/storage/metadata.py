@@ -19,7 +19,6 @@ the double range as +/- infinity. Bool is not a number.
 from __future__ import annotations
 
 import bisect
-import math
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,155 +29,32 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from akidb.storage.metadata_columns import (
+    ARRAY,
+    BOOL,
+    NULL,
+    NUMBER,
+    OBJECT,
+    STRING,
+    Buffer,
+    Buffers,
+    Column,
+    Path,
+    Scalar,
+    Table,
+    as_number,
+    grown,
+    scalar_entry,
+)
 from akidb.storage.rwlock import RWLock
 
-Scalar = str | int | float | bool | None
-Path = tuple[str, ...]
-
-# Type tags. A missing path has no entry at all.
-NULL, BOOL, NUMBER, STRING, ARRAY, OBJECT = 1, 2, 3, 4, 5, 6
+__all__ = ["MetadataMirror", "Path", "Scalar", "as_number"]
 
 _COMPARE_OPS = ("$gt", "$gte", "$lt", "$lte")
 # Compaction waits for at least this many dead positions, so a small collection never churns.
 DEFAULT_COMPACT_MIN_DEAD = 1024
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(dict[str, Any])
-
-
-def as_number(value: int | float) -> float:
-    """A JSON number as float64; integers past the double range become +/- infinity instead of raising."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _grown(array: NDArray[Any], needed: int, fill: Any = 0) -> NDArray[Any]:
-    if needed <= len(array):
-        return array
-    out = np.full(max(needed, 2 * len(array), 8), fill, dtype=array.dtype)
-    out[: len(array)] = array
-    return out
-
-
-class _Table:
-    """Growable (position, tag, value) entries, in the order they were written."""
-
-    __slots__ = ("identity", "n", "pos", "tag", "val")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.pos: NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        self.tag: NDArray[np.uint8] = np.empty(0, dtype=np.uint8)
-        self.val: NDArray[np.float64] = np.empty(0, dtype=np.float64)
-        # Entry i is at position i (every document so far has this path): a selection of entries is then
-        # already a mask over positions, with no scatter. The common case for a collection's regular keys.
-        self.identity = True
-
-    def extend(self, pos: list[int], tag: list[int], val: list[float]) -> None:
-        start, end = self.n, self.n + len(pos)
-        self.pos, self.tag, self.val = _grown(self.pos, end), _grown(self.tag, end), _grown(self.val, end)
-        self.pos[start:end] = pos
-        self.tag[start:end] = tag
-        self.val[start:end] = val
-        self.n = end
-        if self.identity:
-            self.identity = bool(np.array_equal(self.pos[start:end], np.arange(start, end)))
-
-    def keep(self, alive: NDArray[np.bool_], new_pos: NDArray[np.int64]) -> None:
-        pos = self.pos[: self.n]
-        sel = alive[pos]
-        self.pos, self.tag, self.val = new_pos[pos[sel]], self.tag[: self.n][sel], self.val[: self.n][sel]
-        self.n = len(self.pos)
-        self.identity = bool(np.array_equal(self.pos, np.arange(self.n)))
-
-    def codes(self) -> NDArray[np.intp]:
-        """Each entry's string code, -1 for entries that are not strings."""
-        return np.where(self.tag[: self.n] == STRING, self.val[: self.n], -1).astype(np.intp)
-
-    def nbytes(self) -> int:
-        return int(self.pos.nbytes + self.tag.nbytes + self.val.nbytes)
-
-
-class _Column:
-    __slots__ = ("codes", "elements", "order", "strings", "values")
-
-    def __init__(self) -> None:
-        self.values = _Table()
-        self.elements = _Table()
-        self.codes: dict[str, int] = {}
-        self.strings: list[str] = []
-        # (distinct strings sorted, rank of each code), built on the first string comparison after a change.
-        self.order: tuple[list[str], NDArray[np.int64]] | None = None
-
-    def code(self, s: str) -> int:
-        c = self.codes.get(s)
-        if c is None:
-            c = self.codes[s] = len(self.strings)
-            self.strings.append(s)
-            self.order = None
-        return c
-
-    def string_order(self) -> tuple[list[str], NDArray[np.int64]]:
-        order = self.order
-        if order is None:
-            # Readers may race to build this; each builds the same thing and the assignment is atomic.
-            by_rank = sorted(range(len(self.strings)), key=self.strings.__getitem__)
-            rank = np.empty(len(by_rank), dtype=np.int64)
-            rank[by_rank] = np.arange(len(by_rank))
-            order = self.order = ([self.strings[c] for c in by_rank], rank)
-        return order
-
-    def compact(self, alive: NDArray[np.bool_], new_pos: NDArray[np.int64]) -> None:
-        self.values.keep(alive, new_pos)
-        self.elements.keep(alive, new_pos)
-        tables = (self.values, self.elements)
-        used = np.unique(np.concatenate([t.val[: t.n][t.tag[: t.n] == STRING] for t in tables])).astype(np.int64)
-        if len(used) == len(self.strings):
-            return
-        remap = np.full(len(self.strings), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        for t in tables:
-            is_str = t.tag[: t.n] == STRING
-            t.val[: t.n][is_str] = remap[t.val[: t.n][is_str].astype(np.int64)]
-        self.strings = [self.strings[c] for c in used.tolist()]
-        self.codes = {s: i for i, s in enumerate(self.strings)}
-        self.order = None
-
-    def nbytes(self) -> int:
-        strings = sum(sys.getsizeof(s) for s in self.strings)
-        return self.values.nbytes() + self.elements.nbytes() + strings + sys.getsizeof(self.codes)
-
-
-class _Buffer:
-    """One batch's new entries for one column: (pos, tag, val) lists for values and for array elements."""
-
-    __slots__ = ("column", "ep", "et", "ev", "vp", "vt", "vv")
-
-    def __init__(self, column: _Column) -> None:
-        self.column = column
-        self.vp: list[int] = []
-        self.vt: list[int] = []
-        self.vv: list[float] = []
-        self.ep: list[int] = []
-        self.et: list[int] = []
-        self.ev: list[float] = []
-
-
-_Buffers = dict[Path, _Buffer]
-
-
-def _scalar(v: Any, column: _Column) -> tuple[int, float]:
-    """(tag, value) of a scalar; tag 0 for anything else."""
-    if isinstance(v, str):
-        return STRING, float(column.code(v))
-    if v is None:
-        return NULL, 0.0
-    if v is True or v is False:
-        return BOOL, float(v)
-    if isinstance(v, int | float):
-        return NUMBER, as_number(v)
-    return 0, 0.0
 
 
 class MetadataMirror:
@@ -199,7 +75,7 @@ class MetadataMirror:
         self._meta_at: NDArray[np.object_] = np.empty(0, dtype=object)
         self._pos_of_label: dict[int, int] = {}
         self._pos_of_id: dict[str, int] = {}
-        self._columns: dict[Path, _Column] = {}
+        self._columns: dict[Path, Column] = {}
 
     # -- writes ---------------------------------------------------------------------------------------------
 
@@ -209,16 +85,16 @@ class MetadataMirror:
             raise ValueError("labels, ids and metadatas differ in length")
         with self._lock.write():
             start = self._n
-            buffers: _Buffers = {}
+            buffers: Buffers = {}
             # Flatten first: a value of an unsupported type raises before anything changes.
             for i, meta in enumerate(metadatas):
                 self._flatten(meta, (), start + i, buffers)
             encoded = [_ENCODER.encode(meta) for meta in metadatas]
             end = start + len(labels)
-            self._alive = _grown(self._alive, end, False)
-            self._label_at = _grown(self._label_at, end)
-            self._id_at = _grown(self._id_at, end, None)
-            self._meta_at = _grown(self._meta_at, end, None)
+            self._alive = grown(self._alive, end, False)
+            self._label_at = grown(self._label_at, end)
+            self._id_at = grown(self._id_at, end, None)
+            self._meta_at = grown(self._meta_at, end, None)
             self._meta_at[start:end] = encoded
             for i, (label, doc_id) in enumerate(zip(labels, ids, strict=True)):
                 label = int(label)
@@ -256,18 +132,18 @@ class MetadataMirror:
         if self._pos_of_id.get(doc_id) == p:
             del self._pos_of_id[doc_id]
 
-    def _column(self, path: Path) -> _Column:
+    def _column(self, path: Path) -> Column:
         column = self._columns.get(path)
         if column is None:
-            column = self._columns[path] = _Column()
+            column = self._columns[path] = Column()
         return column
 
-    def _flatten(self, obj: Mapping[str, Any], prefix: Path, p: int, out: _Buffers) -> None:
+    def _flatten(self, obj: Mapping[str, Any], prefix: Path, p: int, out: Buffers) -> None:
         for key, v in obj.items():
             path = (*prefix, key)
             buf = out.get(path)
             if buf is None:
-                buf = out[path] = _Buffer(self._column(path))
+                buf = out[path] = Buffer(self._column(path))
             # The common exact types first: this loop is most of an upsert's cost.
             t = type(v)
             column = buf.column
@@ -283,7 +159,7 @@ class MetadataMirror:
             elif t is list or t is tuple:
                 tag, val = ARRAY, 0.0
                 for e in v:
-                    etag, eval_ = _scalar(e, column)
+                    etag, eval_ = scalar_entry(e, column)
                     if etag:
                         buf.ep.append(p)
                         buf.et.append(etag)
@@ -291,7 +167,7 @@ class MetadataMirror:
                     elif not isinstance(e, Mapping | list | tuple):
                         raise TypeError(f"unsupported metadata value of type {type(e).__name__}")
             else:
-                tag, val = _scalar(v, column)
+                tag, val = scalar_entry(v, column)
                 if not tag:
                     raise TypeError(f"unsupported metadata value of type {t.__name__}")
             buf.vp.append(p)
@@ -356,7 +232,7 @@ class MetadataMirror:
     def _none(self) -> NDArray[np.bool_]:
         return np.zeros(self._n, dtype=np.bool_)
 
-    def _mask(self, table: _Table, sel: NDArray[np.bool_] | None) -> NDArray[np.bool_]:
+    def _mask(self, table: Table, sel: NDArray[np.bool_] | None) -> NDArray[np.bool_]:
         """The positions of the selected entries (all entries when `sel` is None) as a mask."""
         mask = self._none()
         if table.identity:

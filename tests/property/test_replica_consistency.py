@@ -28,9 +28,10 @@ from sqlalchemy import Engine, text
 
 from akidb.errors import NotFound
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollection, OpenCollections
+from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.follower import Follower
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.records import Changes, HnswParams, NewDocument
 from akidb.storage.repositories import Store
 

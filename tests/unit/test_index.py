@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import text
 
 from akidb.storage.changes import ChangeFeed
-from akidb.storage.collection import OpenCollection, open_collection
+from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
 from akidb.storage.index import HnswIndex
+from akidb.storage.open_collections import open_collection
 from akidb.storage.records import HnswParams, NewDocument
 from akidb.storage.repositories import Store
 from tests.oracle import brute_distances

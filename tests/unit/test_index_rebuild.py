@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from akidb import observability
 from akidb.config import load_settings
-from akidb.storage.collection import OpenCollections
 from akidb.storage.graph_health import GraphHealth, find_unreachable
 from akidb.storage.index import HnswIndex
+from akidb.storage.open_collections import OpenCollections
 from akidb.storage.rebuild import rebuild_graph
 from tests.unit.test_index import Harness, random_vectors
 
