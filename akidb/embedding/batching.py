@@ -7,7 +7,8 @@ are cut to about `bulk_slice_ms` of inference, so a query waits at most about on
 Each text is tokenized once, on the worker, and the queue alone shapes batches from the token ids (as Text
 Embeddings Inference's): a batch is taken at `batch_size` texts or `max_batch_tokens` padded tokens (rows x
 longest row), then cut into length-sorted forward passes where padding would cost more than another pass
-(`tokens.length_sorted_chunks`), and each pass goes to the provider as one padded batch of token ids.
+(`tokens.length_sorted_chunks`; one row each where the provider's `rows_per_pass` says so), and each pass
+goes to the provider as one padded batch of token ids.
 An idle worker waits `batch_timeout_ms` for company before running a lone text. Each request's rows are
 taken shortest first; one request may span several batches. Queries and documents share batches (their
 prefixes are already in the ids). Inference runs on the model's own worker thread; each request gets its
@@ -101,6 +102,9 @@ class MicroBatcher:
         self.provider = provider
         self.model = provider.spec.id
         self.batch_size = settings.batch_size
+        # Rows per forward pass: a provider that runs each text alone (dynamic INT8) gets one-row passes, each
+        # answered as soon as it is done, so that responses go out while the next text runs.
+        self.pass_rows = min(self.batch_size, provider.rows_per_pass or self.batch_size)
         self.max_batch_tokens = settings.max_batch_tokens
         self.batch_timeout_s = settings.batch_timeout_ms / 1000.0
         self.bulk_slice_s = settings.bulk_slice_ms / 1000.0
@@ -225,8 +229,9 @@ class MicroBatcher:
         return True
 
     def _wait_for_company(self) -> None:
-        """Under the lock: an idle worker with less than a full batch waits a moment for more texts."""
-        if self.batch_timeout_s <= 0:
+        """Under the lock: an idle worker with less than a full batch waits a moment for more texts (unless
+        each text runs alone anyway)."""
+        if self.batch_timeout_s <= 0 or self.pass_rows == 1:
             return
         oldest = min((self._lanes[lane][0].enqueued_at for lane in LANES if self._lanes[lane]), default=None)
         if oldest is None:
@@ -330,7 +335,7 @@ class MicroBatcher:
                 observability.QUEUE_WAIT.labels(self.model, request.lane).observe(started - request.enqueued_at)
             rows.extend((request, row) for row in picked)
         lengths = [len(request.encoded[row].ids) for request, row in rows]
-        for chunk in length_sorted_chunks(lengths, self.batch_size):
+        for chunk in length_sorted_chunks(lengths, self.pass_rows):
             padded = pad_batch([rows[i][0].encoded[rows[i][1]] for i in chunk], self.provider.pad_id)
             began = time.monotonic()
             try:

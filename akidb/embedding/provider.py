@@ -66,6 +66,12 @@ class EmbeddingProvider(Protocol):
         """The token id `pad_batch` fills short rows with."""
         ...
 
+    @property
+    def rows_per_pass(self) -> int | None:
+        """The most rows one forward pass may hold, None for any. Dynamic INT8 says 1: its activation scale
+        spans the whole batch, so only a text run alone always gets the same vector."""
+        ...
+
     def tokenize(self, texts: Sequence[str], kind: InputKind) -> Sequence[TokenizedText]:
         """Each text as the model reads it: the spec's prefix for `kind` applied, cut at the model's window."""
         ...
@@ -86,6 +92,7 @@ def embed_texts(provider: EmbeddingProvider, texts: Sequence[str], kind: InputKi
     padded batches of at most `batch_size`, restore the order."""
     tokenized = provider.tokenize(texts, kind)
     vectors = np.empty((len(texts), provider.spec.dimension), dtype=np.float32)
+    batch_size = min(batch_size, provider.rows_per_pass or batch_size)
     for rows in length_sorted_chunks([len(row.ids) for row in tokenized], batch_size):
         vectors[rows] = provider.embed_batch(pad_batch([tokenized[row] for row in rows], provider.pad_id))
     return Embeddings(vectors=vectors, total_tokens=sum(len(row.ids) for row in tokenized))

@@ -48,6 +48,10 @@ class TokenizedModel:
     def pad_id(self) -> int:
         return self._pad_id
 
+    @property
+    def rows_per_pass(self) -> int | None:
+        return None
+
     def tokenize(self, texts: Sequence[str], kind: InputKind) -> Sequence[TokenizedText]:
         prefix = self._spec.prefix_for(kind)
         encodings: Sequence[TokenizedText] = self._tokenizer.encode_batch([prefix + text for text in texts])

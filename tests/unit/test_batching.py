@@ -292,6 +292,57 @@ def test_an_idle_worker_waits_batch_timeout_for_company(make_batcher, provider) 
     asyncio.run(scenario())
 
 
+class OneRowProvider(RecordingProvider):
+    """A provider whose passes hold one row each, as ONNX dynamic INT8's do; a pass holding `held` stays
+    in the model until `let_go` is set."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.let_go = threading.Event()
+
+    @property
+    def rows_per_pass(self) -> int | None:
+        return 1
+
+    def embed_batch(self, batch: PaddedBatch) -> Vectors:
+        if any(text == self.held for text, _ in self.texts_of(batch)):
+            self.let_go.wait(10)
+        return super().embed_batch(batch)
+
+
+def test_a_one_row_provider_gets_one_row_passes_each_answered_as_it_finishes() -> None:
+    """No waiting for company (each text runs alone anyway), and a request is answered after its own pass,
+    not after the passes of the texts taken with it: the short ones while the longest is still running."""
+    longest = words(5, "long")
+    provider = OneRowProvider(held=longest)
+    batcher = MicroBatcher(provider, settings(batch_timeout_ms=5_000.0), on_exit=provider.close)
+
+    async def scenario() -> None:
+        blocker = await start_blocker(batcher, provider)
+        held = asyncio.create_task(batcher.embed([longest], "document", "interactive"))
+        short = asyncio.create_task(batcher.embed(["short"], "document", "interactive"))
+        pair = asyncio.create_task(batcher.embed(["a b", "c d e"], "document", "interactive"))
+        await asyncio.sleep(0.05)
+        provider.release()  # the blocker finishes; the four texts are taken as one batch
+        await blocker
+        np.testing.assert_array_equal((await asyncio.wait_for(short, 5)).vectors, expected(["short"]))
+        np.testing.assert_array_equal((await asyncio.wait_for(pair, 5)).vectors, expected(["a b", "c d e"]))
+        assert not held.done()
+        provider.let_go.set()
+        np.testing.assert_array_equal((await asyncio.wait_for(held, 5)).vectors, expected([longest]))
+
+    started = time.monotonic()
+    try:
+        asyncio.run(scenario())
+    finally:
+        provider.let_go.set()
+        provider.release()
+        batcher.close(wait=True)
+    assert time.monotonic() - started < 4.0  # batch_timeout_ms (5 s) was never waited
+    assert provider.batches == [["blocker"], ["short"], ["a b"], ["c d e"], [longest]]
+
+
 def test_a_full_batch_does_not_wait_for_the_timeout(make_batcher, provider) -> None:
     batcher = make_batcher(batch_timeout_ms=5_000.0, batch_size=4)
     started = time.monotonic()

@@ -55,6 +55,10 @@ class MockProvider:
     def pad_id(self) -> int:
         return PAD_ID
 
+    @property
+    def rows_per_pass(self) -> int | None:
+        return None
+
     def tokenize(self, texts: Sequence[str], kind: InputKind) -> list[MockTokens]:
         tokenized: list[MockTokens] = []
         with self._lock:
