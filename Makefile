@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -p no:cacheprovider -n 2 --durations=25
 
 # The committed OpenAPI document (tests/unit/test_openapi_snapshot.py compares it with the one the app serves).
 openapi: $(STAMP)
