@@ -152,7 +152,12 @@ def profiled_server(quantization: str, folded: Path) -> Iterator[Server]:
                 yield _WithPid(server, server_pid)
             finally:
                 os.kill(server_pid, signal.SIGTERM)  # py-spy writes its output once the server has exited
-                spy.wait(timeout=120)
+                try:
+                    spy.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    # py-spy can outlive a server with many threads; SIGINT stops it and it writes what it has.
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=300)
 
 
 class _WithPid(Server):
