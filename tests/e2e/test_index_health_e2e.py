@@ -120,14 +120,13 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
     queries = vectors(QUERIES, seed=4)
     truth = [{live_ids[j] for j in np.argsort(((live - q) ** 2).sum(axis=1))[:10].tolist()} for q in queries.tolist()]
 
-    def recall() -> float:
-        return sum(len(set(search_ids(server, name, q)) & t) for q, t in zip(queries, truth, strict=True)) / (
-            10 * QUERIES
-        )
+    def hits() -> list[int]:
+        """True neighbours found, per query (integers: recall as a float sum rounds differently)."""
+        return [len(set(search_ids(server, name, q)) & t) for q, t in zip(queries, truth, strict=True)]
 
     assert metric(server, "akidb_index_rebuilds_total", collection=name, reason="deleted_ratio") == 0
-    before = recall()
-    rounds: list[tuple[float, float]] = []  # (recall, rebuilds done when the round ended)
+    before = hits()
+    rounds: list[tuple[list[int], float]] = []  # (hits per query, rebuilds done when the round ended)
     written: list[str] = []
     errors: list[BaseException] = []
     done = threading.Event()
@@ -135,7 +134,7 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
     def search_all_the_time() -> None:
         try:
             while not done.is_set():
-                value = recall()
+                value = hits()
                 rounds.append(
                     (value, metric(server, "akidb_index_rebuilds_total", collection=name, reason="deleted_ratio"))
                 )
@@ -173,11 +172,15 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
         for thread in threads:
             thread.join()
     assert not errors, errors
-    after = recall()
-    print(f"\nrecall@10 before {before:.4f}, rounds {[round(r, 4) for r, _ in rounds]}, after {after:.4f}")
-    # A round that straddles the swap mixes both graphs' answers: one query worse by one hit at most.
-    assert min(value for value, _ in rounds) >= before - 1 / (10 * QUERIES)
-    assert after >= before
+    after = hits()
+    print(f"\nhits of {10 * QUERIES}: before {sum(before)}, rounds {[sum(r) for r, _ in rounds]}, after {sum(after)}")
+    assert sum(after) >= sum(before)
+    # Each query of a round was answered by the old graph or the new one, so a round finds at least the worse of
+    # the two per query; the far writes may reshape the old graph's upper layers (a new entry point): two hits
+    # of slack for them.
+    floor = sum(min(b, a) for b, a in zip(before, after, strict=True))
+    for value, _ in rounds:
+        assert sum(value) >= floor - 2, (sum(value), floor)
     assert metric(server, "akidb_index_deleted_ratio", collection=name) < 0.05
     # Every write acknowledged during the rebuild is in the graph: found first by its own vector.
     for doc_id in written[:: max(1, len(written) // 100)]:

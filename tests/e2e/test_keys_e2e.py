@@ -182,13 +182,21 @@ def test_keys_never_reach_the_server_logs(servers: tuple[AkidbServer, AkidbServe
     assert b.client.get("/api/v1/keys", headers=bearer(key)).status_code == 403
     assert b.client.delete(f"/api/v1/keys/{key_id}", headers=admin()).status_code == 204
 
-    logs = {
-        f"server {name}'s log": server.log_path.read_text(encoding="utf-8", errors="replace")
-        for name, server in (("A", a), ("B", b))
-    }
-    log_a, log_b = logs.values()
-    assert f"created API key {key_id} (log-probe)" in log_a
-    assert f"revoked API key {key_id} (log-probe)" in log_b
+    # The servers log through a queue listener, so a line lands in the file shortly after the response.
+    deadline = time.monotonic() + 15
+    while True:
+        logs = {
+            f"server {name}'s log": server.log_path.read_text(encoding="utf-8", errors="replace")
+            for name, server in (("A", a), ("B", b))
+        }
+        log_a, log_b = logs.values()
+        created_line = f"created API key {key_id} (log-probe)" in log_a
+        revoked_line = f"revoked API key {key_id} (log-probe)" in log_b
+        if (created_line and revoked_line) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert created_line, "A's log has no line for the created key"
+    assert revoked_line, "B's log has no line for the revoked key"
     for made_id, made_key in made_keys.items():
         assert made_id in log_a, f"key id {made_id} is not in A's log"
         for where, text in logs.items():
