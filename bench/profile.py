@@ -5,7 +5,9 @@
 The server runs under `py-spy record --native` (py-spy cannot attach to a running process on these machines,
 but it can start one), with the bench.serving config (cache off). Scenarios, one server each:
 - embed: 16 clients x 1 text on POST /api/v1/embed (the fortunes, one at a time);
-- search: 16 clients of vector search (top 10) over the 10,000 fortunes, upserted with their vectors first.
+- search: 16 clients of vector search (top 10) over the 10,000 fortunes, upserted with their vectors first;
+- upsert: 2 importers upserting the 10,000 fortunes with their vectors (batches of 100) into a new collection,
+  again and again (a new collection each time) until the time is up.
 py-spy samples every thread 100 times a second; here it cannot tell idle threads, so samples whose innermost
 native frames wait (a lock, a condition, epoll; or the GIL) are counted apart. Each working sample is put in
 the first category, from the innermost frame outwards, whose module matches (CATEGORIES); the table gives each
@@ -37,10 +39,13 @@ from bench.auth import fortune_vectors
 from bench.memory import free_port, wait_ready
 from bench.serving import (
     CACHE,
+    IMPORTERS,
+    MODEL,
     RESULTS,
     Bench,
     Plan,
     Request,
+    Run,
     Server,
     Workload,
     closed_loop,
@@ -50,6 +55,7 @@ from bench.serving import (
 )
 
 CLIENTS = 16
+SCENARIOS = ["embed", "search", "upsert"]
 COLLECTION = "fortunes"
 # (category, pattern over "function (file:line)"); the first match from the innermost frame outwards wins.
 CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
@@ -73,10 +79,9 @@ CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
 
 # Samples outside the measured scenario: imports, migrations, loading and warming the model, opening
 # collections, and the search scenario's fill (upserts). They are counted apart and left out of the table.
-SETUP = re.compile(
-    r"_find_and_load|\bmigrate|load_model|\bwarmup \(|_export_graph|InferenceSession|open_collection|"
-    r"\bupsert \(|open_storage|\bfill \("
-)
+_SETUP = r"_find_and_load|\bmigrate|load_model|\bwarmup \(|_export_graph|InferenceSession|open_collection|open_storage"
+SETUP = re.compile(_SETUP + r"|\bupsert \(|\bfill \(")
+SETUP_WITHOUT_UPSERTS = re.compile(_SETUP)  # for the upsert scenario, where upserts are the measured work
 SETUP_CATEGORY = "set-up (imports, model load, migrations, fill)"
 # py-spy cannot tell idle threads here (it samples every thread), so with --native the innermost frames say
 # it: a thread blocked on a lock, a condition, or the event loop's epoll is waiting, not working; one in
@@ -88,8 +93,8 @@ GIL_CATEGORY = "waiting for the GIL"
 APART = (SETUP_CATEGORY, IDLE_CATEGORY, GIL_CATEGORY)
 
 
-def categorize(stack: str) -> str:
-    if SETUP.search(stack):
+def categorize(stack: str, setup: re.Pattern[str] = SETUP) -> str:
+    if setup.search(stack):
         return SETUP_CATEGORY
     innermost = ";".join(stack.split(";")[-6:])
     if GIL.search(innermost):
@@ -104,13 +109,13 @@ def categorize(stack: str) -> str:
     return "other"
 
 
-def read_folded(path: Path) -> Counter[str]:
+def read_folded(path: Path, setup: re.Pattern[str] = SETUP) -> Counter[str]:
     """py-spy's raw output: one line per distinct stack, `frame;frame;... count`."""
     samples: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            samples[categorize(stack)] += int(count)
+            samples[categorize(stack, setup)] += int(count)
     return samples
 
 
@@ -177,6 +182,8 @@ async def run_scenario(server: Server, scenario: str, seconds: float) -> dict[st
     vectors = fortune_vectors([doc["text"] for doc in corpus])
     work = Workload(corpus, vectors)
     next_request: Callable[[int], Request]
+    if scenario == "upsert":
+        return await upsert_scenario(server, work, seconds)
     if scenario == "search":
         bench = Bench(server, work, Plan())
         await bench.fill(COLLECTION)
@@ -189,6 +196,24 @@ async def run_scenario(server: Server, scenario: str, seconds: float) -> dict[st
     run = await closed_loop(server, CLIENTS, seconds, next_request)
     run.server_cpu_s = process_cpu_s(server.pid) - started_cpu
     return run.summary()
+
+
+async def upsert_scenario(server: Server, work: Workload, seconds: float) -> dict[str, Any]:
+    """IMPORTERS importers over the fortunes with their vectors, a new collection per pass."""
+    bench = Bench(server, work, Plan())
+    total, started_cpu, deadline, number = Run(), process_cpu_s(server.pid), time.perf_counter() + seconds, 0
+    while time.perf_counter() < deadline:
+        collection = f"upsert-{number}"
+        number += 1
+        await bench.call("POST", "/api/v1/collections", {"name": collection, "embedding_model": MODEL})
+        run = await closed_loop(server, IMPORTERS, float("inf"), work.upsert(collection, work.vector_batches))
+        total.wall_s += run.wall_s
+        total.items += run.items
+        total.latencies_ms += run.latencies_ms
+        total.statuses += run.statuses
+    total.server_cpu_s = process_cpu_s(server.pid) - started_cpu
+    bench.admin.close()
+    return total.summary()
 
 
 def table(scenario: str, samples: Counter[str], run: dict[str, Any]) -> dict[str, Any]:
@@ -222,16 +247,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--quantization", default="int8", help="onnx quantization (fp32 or int8)")
-    parser.add_argument("--only", choices=["embed", "search"])
+    parser.add_argument("--only", choices=SCENARIOS)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"quantization": args.quantization, "seconds": args.seconds, "clients": CLIENTS}
-    for scenario in [args.only] if args.only else ["embed", "search"]:
+    for scenario in [args.only] if args.only else SCENARIOS:
         folded = RESULTS / f"profile-{scenario}.txt"
         with profiled_server(args.quantization, folded) as server:
             run = asyncio.run(run_scenario(server, scenario, args.seconds))
         # The 3 s warm-up is sampled too; it runs the same requests, so it shifts no share.
-        results[scenario] = table(scenario, read_folded(folded), run)
+        setup = SETUP_WITHOUT_UPSERTS if scenario == "upsert" else SETUP
+        results[scenario] = table(scenario, read_folded(folded, setup), run)
     (RESULTS / "profile.json").write_text(json.dumps(results, indent=2))
 
 
