@@ -49,6 +49,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.replicas
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.churn
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.slot_reuse
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.million
 
 clean:

@@ -4,15 +4,17 @@ beside the raw limit (one hnswlib build of the same number of vectors).
     python -m bench.churn [--quick]      (part of make bench)
 
 In process, on the real storage (SQLite store, OpenCollection, HnswIndex): N seeded clustered vectors (10,000
-gaussian clusters, noise 1.2 per coordinate, normalised, 384 dims, cosine, the default HNSW parameters). The rows
-go into the database and the graph is built from them in one hnswlib call (the raw limit, timed; its recall@10 is
-the never-churned reference). Then churn, applied as the server's write path applies it but in bulk (the server's
-sliced inserts took 570 s for 30,000 replacements here): 30 % of the rows deleted and as many new ones written in
-the database, and on the graph mark_deleted then add_items into the freed slots (the pattern that degrades an
-hnswlib graph), in steps of 5 %. The graph is checkpointed at the database's seq and the collection opened from it.
-Then a sampled reachability check (1,000 points), and the rebuild (storage/rebuild.py) in a background thread while
-this thread searches (200 queries a round, 0.2 s apart); recall@10 at the default ef against an exact scan of the
-live vectors (ExactVectors) before, during and after, with search latency before, during and after.
+gaussian clusters, noise 1.2 per coordinate, normalised, 384 dims, cosine, the default HNSW parameters). The rows go
+into the database and the graph is built from them in one hnswlib call (the raw limit, timed; its recall@10 is the
+never-churned reference). Then churn, applied as the server's write path applies it when it reuses deleted slots
+(with storage.rebuild_deleted_ratio = 0, or past it; below it new points are appended, bench/slot_reuse.py) but in
+bulk (the server's sliced inserts took 570 s for 30,000 replacements here): 30 % of the rows deleted and as many new
+ones written in the database, and on the graph mark_deleted then add_items into the freed slots (the pattern that
+degrades an hnswlib graph), in steps of 5 %. The graph is checkpointed at the database's seq and the collection
+opened from it. Then a sampled reachability check (1,000 points), and the rebuild (storage/rebuild.py) in a
+background thread while this thread searches (200 queries a round, 0.2 s apart); recall@10 at the default ef against
+an exact scan of the live vectors (ExactVectors) before, during and after, with search latency before, during and
+after.
 
 --quick: 20,000 vectors. Figures are reported, never asserted. Writes bench/results/churn.json.
 """

@@ -75,7 +75,9 @@ class Runtime:
         store = Store(engine)
         feed = ChangeFeed(engine)
         router = EmbeddingRouter(settings.embedding, registry, limits=settings.limits)
-        open_collections = OpenCollections(store, feed, settings.storage.index_dir)
+        open_collections = OpenCollections(
+            store, feed, settings.storage.index_dir, reuse_slots_from=settings.storage.rebuild_deleted_ratio
+        )
         storage = settings.storage
         replica = Replica(
             open_collections,

@@ -79,6 +79,12 @@ class HnswIndex:
         self._lock = RWLock()
         # Marked-deleted slots not yet reused by a new label (hnswlib does not report this itself).
         self._free_slots = 0
+        # New labels go into deleted slots only once this share of the slots is deleted (0: always). hnswlib
+        # fills a deleted slot by re-linking its neighbourhood (updatePoint), ~6x the cost of appending a point
+        # (bench/slot_reuse.py), so below the rebuild threshold new points are appended and the background
+        # rebuild reclaims the slots; past it (a rebuild is due, or rebuilds are off) slots are reused, which
+        # bounds the memory.
+        self.reuse_slots_from = 0.0
 
     # --- reads ---
 
@@ -204,14 +210,15 @@ class HnswIndex:
         old_rows = [row for row, new in enumerate(is_new) if not new]
         # The caller holds the collection's write lock, so no other write interleaves with these steps.
         with self._lock.write():
-            needed = int(self._index.element_count) + max(0, len(new_rows) - self._free_slots)
+            reuse = self.deleted_ratio >= self.reuse_slots_from
+            needed = int(self._index.element_count) + max(0, len(new_rows) - (self._free_slots if reuse else 0))
             capacity = int(self._index.get_max_elements())
             if needed > capacity:
                 self._index.resize_index(max(needed, capacity * 2))
         # The graph work goes in slices, each under the lock on its own, so that searches run between
         # them: replacing existing vectors is slow in hnswlib, and 100 replacements held searches for
         # 300-500 ms as one step.
-        for rows, replace_deleted in ((old_rows, False), (new_rows, True)):
+        for rows, replace_deleted in ((old_rows, False), (new_rows, reuse)):
             for start in range(0, len(rows), GRAPH_WRITE_SLICE):
                 part = rows[start : start + GRAPH_WRITE_SLICE]
                 with self._lock.write():

@@ -42,10 +42,13 @@ def _fill(collection: OpenCollection, batch: list[StoredRow], *, checkpoint: int
     return len(replay)
 
 
-def open_collection(feed: ChangeFeed, record: CollectionRecord, index_root: Path) -> OpenCollection:
+def open_collection(
+    feed: ChangeFeed, record: CollectionRecord, index_root: Path, *, reuse_slots_from: float = 0.0
+) -> OpenCollection:
     """Read every row, in one snapshot, into the in-memory structures; load the graph's newest checkpoint and
     replay the rows written after it, then drop the labels that no row holds any more. The result holds
-    exactly the snapshot's `last_seq`; writes after it come through `catch_up`."""
+    exactly the snapshot's `last_seq`; writes after it come through `catch_up`. `reuse_slots_from`: see
+    HnswIndex.reuse_slots_from (the server passes storage.rebuild_deleted_ratio)."""
     directory = index_root / record.uid
     with feed.snapshot() as snap:
         head = snap.head(record.id)
@@ -63,6 +66,7 @@ def open_collection(feed: ChangeFeed, record: CollectionRecord, index_root: Path
             checkpoint, known = -1, set[int]()
         else:
             checkpoint, known = graph.applied_seq, graph.known_labels()
+        graph.reuse_slots_from = reuse_slots_from
         collection = OpenCollection(
             record,
             feed=feed,
@@ -90,10 +94,11 @@ def open_collection(feed: ChangeFeed, record: CollectionRecord, index_root: Path
 class OpenCollections:
     """The registry of open collections, by name. Opening is serialised, and idempotent per collection id."""
 
-    def __init__(self, store: Store, feed: ChangeFeed, index_root: Path) -> None:
+    def __init__(self, store: Store, feed: ChangeFeed, index_root: Path, *, reuse_slots_from: float = 0.0) -> None:
         self.store = store
         self.feed = feed
         self.index_root = index_root
+        self.reuse_slots_from = reuse_slots_from
         self._open: dict[str, OpenCollection] = {}
         self._lock = threading.Lock()
         self._opening = threading.Lock()
@@ -111,7 +116,7 @@ class OpenCollections:
             current = self._open.get(record.name)
             if current is not None and current.id == record.id and not current.dropped and not current.stale:
                 return current
-            collection = open_collection(self.feed, record, self.index_root)
+            collection = open_collection(self.feed, record, self.index_root, reuse_slots_from=self.reuse_slots_from)
             with self._lock:
                 self._open[record.name] = collection
         if current is not None:

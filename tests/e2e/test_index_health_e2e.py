@@ -107,15 +107,21 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
     near_ids = [f"n{i}" for i in range(len(near))]
     upsert(server, name, near_ids, near)
     upsert(server, name, [f"f{i}" for i in range(2000)], vectors(2000, seed=1, offset=FAR))
-    # Churn: a third of the near documents deleted, as many new ones in their slots, in steps that keep the
-    # deleted ratio low (no rebuild yet).
+    # Churn: 1,600 of the near documents deleted and as many new ones written, in steps that keep the deleted
+    # ratio under storage.rebuild_deleted_ratio (no rebuild yet; below it the new ones are appended, and the
+    # deleted slots stay): 1,600 of 9,200 slots at most.
     rng = np.random.default_rng(2)
-    gone = sorted(rng.choice(len(near), size=2000, replace=False).tolist())
-    replacements = vectors(2000, seed=3)
-    for step in range(0, 2000, 400):
+    gone = sorted(rng.choice(len(near), size=1600, replace=False).tolist())
+    replacements = vectors(1600, seed=3)
+    for step in range(0, 1600, 400):
         delete(server, name, [near_ids[i] for i in gone[step : step + 400]])
         upsert(server, name, [f"r{i}" for i in range(step, step + 400)], replacements[step : step + 400])
-    live_ids = [near_ids[i] for i in range(len(near)) if i not in set(gone)] + [f"r{i}" for i in range(2000)]
+    wait_until(
+        lambda: metric(server, "akidb_index_deleted_ratio", collection=name) == pytest.approx(1600 / 9600),
+        10,
+        "the deleted slots kept (the new documents appended)",
+    )
+    live_ids = [near_ids[i] for i in range(len(near)) if i not in set(gone)] + [f"r{i}" for i in range(1600)]
     live = np.concatenate([np.delete(near, gone, axis=0), replacements])
     queries = vectors(QUERIES, seed=4)
     truth = [{live_ids[j] for j in np.argsort(((live - q) ** 2).sum(axis=1))[:10].tolist()} for q in queries.tolist()]
@@ -159,7 +165,7 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
     for thread in threads:
         thread.start()
     try:
-        # A quarter of the slots deleted: past storage.rebuild_deleted_ratio.
+        # 3,600 of 9,600 slots deleted: past storage.rebuild_deleted_ratio.
         delete(server, name, [f"f{i}" for i in range(2000)])
         wait_until(
             lambda: metric(server, "akidb_index_rebuilds_total", collection=name, reason="deleted_ratio") >= 1,
@@ -174,7 +180,10 @@ def test_a_rebuild_swaps_in_while_searches_answer_and_writes_land(server: AkidbS
     assert not errors, errors
     after = hits()
     print(f"\nhits of {10 * QUERIES}: before {sum(before)}, rounds {[sum(r) for r, _ in rounds]}, after {sum(after)}")
-    assert sum(after) >= sum(before)
+    # The graph before held its deleted slots (new points are appended below the ratio, not re-linked into
+    # freed slots), so the rebuild is no cleaner than it: as good, within hnswlib's run-to-run spread of a
+    # two-thread build (5 of 2,000 hits).
+    assert sum(after) >= sum(before) - 5
     # Each query of a round was answered by the old graph or the new one, so a round finds at least the worse of
     # the two per query; the far writes may reshape the old graph's upper layers (a new entry point): two hits
     # of slack for them.

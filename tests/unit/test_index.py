@@ -528,3 +528,40 @@ def test_search_with_k_larger_than_live_count_returns_all_live(tmp_path: Path, m
     assert harness.index.live_count == 0
     assert harness.index.search(query, 5) == ([], [])
     harness.close()
+
+
+def test_below_reuse_slots_from_new_labels_are_appended_and_past_it_they_take_the_deleted_slots(
+    harness: Harness,
+) -> None:
+    """The server's policy (reuse_slots_from = storage.rebuild_deleted_ratio): hnswlib re-links a whole
+    neighbourhood to fill a deleted slot, so below the ratio new points are appended and the slots wait for the
+    rebuild; at or past it (the rebuild is due) they are reused, which bounds the graph's size."""
+    collection = open_collection(
+        harness.feed, harness.store.get_collection("c"), harness.index_root, reuse_slots_from=0.2
+    )
+    assert collection.graph.reuse_slots_from == 0.2
+    vectors = random_vectors(200, 8, seed=12)
+    harness.upsert({f"d{i}": vectors[i] for i in range(100)}, collection)
+    slots = lambda: int(collection.graph._index.element_count)  # noqa: E731
+    harness.delete([f"d{i}" for i in range(10)], collection)  # 10 of 100 slots deleted
+    harness.upsert({f"n{i}": vectors[100 + i] for i in range(10)}, collection)
+    assert slots() == 110, "below the ratio the new labels are appended"
+    assert collection.graph.deleted_ratio == pytest.approx(10 / 110)
+    harness.assert_matches_rows(collection)
+
+    harness.delete([f"d{i}" for i in range(10, 25)], collection)  # 25 of 110: past the ratio
+    harness.upsert({f"m{i}": vectors[120 + i] for i in range(30)}, collection)
+    assert slots() == 115, "past the ratio the 25 deleted slots are filled first, then 5 appended"
+    assert collection.graph.deleted_ratio == 0
+    harness.assert_matches_rows(collection)
+
+    # A reopened collection keeps the policy; its deleted slots come from reconcile_free_slots.
+    harness.delete([f"d{i}" for i in range(25, 30)], collection)
+    collection.graph.save(harness.directory)
+    reopened = open_collection(
+        harness.feed, harness.store.get_collection("c"), harness.index_root, reuse_slots_from=0.2
+    )
+    harness.upsert({f"k{i}": vectors[160 + i] for i in range(5)}, reopened)
+    assert int(reopened.graph._index.element_count) == 120
+    assert reopened.graph.deleted_ratio == pytest.approx(5 / 120)
+    harness.assert_matches_rows(reopened)
