@@ -13,6 +13,8 @@ native frames wait (a lock, a condition, epoll; or the GIL) are counted apart. E
 the first category, from the innermost frame outwards, whose module matches (CATEGORIES); the table gives each
 category's share of the samples and, from the server's measured CPU seconds over the run, its CPU milliseconds
 per request. Sampling native stacks costs CPU on the same cores: rates here are lower than bench.serving's.
+py-spy samples Python threads only: the native threads hnswlib starts for add_items (upsert) are not sampled, so
+their CPU is in the measured total but in no category, and the other shares are overstated by as much.
 Writes bench/results/profile-<scenario>.txt (the folded stacks) and bench/results/profile.json.
 """
 
