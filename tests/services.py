@@ -12,7 +12,7 @@ from akidb.collections.documents import DocumentService
 from akidb.collections.replica import Replica
 from akidb.collections.search import SearchService
 from akidb.collections.service import CollectionService
-from akidb.config import EmbeddingSettings, LimitsSettings
+from akidb.config import EmbeddingSettings, LimitsSettings, StorageSettings
 from akidb.embedding.registry import default_registry
 from akidb.embedding.router import EmbeddingRouter
 from akidb.storage.changes import ChangeFeed
@@ -55,7 +55,10 @@ def build_services(
     registry = default_registry()
     router = EmbeddingRouter(EmbeddingSettings(provider="mock"), registry, limits=limits)
     feed = ChangeFeed(engine)
-    open_collections = OpenCollections(store, feed, index_root)
+    # The server's policy: new points appended below the rebuild ratio, deleted slots reused past it.
+    open_collections = OpenCollections(
+        store, feed, index_root, reuse_slots_from=StorageSettings().rebuild_deleted_ratio
+    )
     replica = Replica(open_collections, feed)
     replica.start()
     return Services(

@@ -42,6 +42,25 @@ def _fsync_dir(path: Path) -> None:
 
 # Rows added to the graph per hold of the write lock (see HnswIndex.upsert).
 GRAPH_WRITE_SLICE = 32
+# A document's hnswlib label: its label, plus a version above these bits once its vector was replaced by
+# appending a point (see HnswIndex.upsert). Labels are handed out in order and stay far below 2**40.
+_LABEL_BITS = 40
+_LABEL_MASK = (1 << _LABEL_BITS) - 1
+_MAX_VERSION = (1 << (64 - _LABEL_BITS)) - 1
+
+
+def document_label(hnsw_label: int) -> int:
+    """The document label of one of the graph's points, whatever its version."""
+    return hnsw_label & _LABEL_MASK
+
+
+def _versions_in(raw: hnswlib.Index) -> dict[int, int]:
+    """label -> newest version among the slots of a loaded graph (older versions are deleted slots)."""
+    slots = np.asarray(raw.get_ids_list(), dtype=np.uint64)
+    versioned = np.sort(slots[slots > _LABEL_MASK])  # ascending: the newest version of a label is kept last
+    return {int(slot) & _LABEL_MASK: int(slot) >> _LABEL_BITS for slot in versioned.tolist()}
+
+
 # Rows per add_items call of a background rebuild: between calls it looks whether it should stop.
 _BUILD_BATCH = 2048
 
@@ -74,6 +93,8 @@ class HnswIndex:
         else:
             raw, seq = loaded
             self.applied_seq = self.saved_seq = seq
+        # label -> version, for the labels whose point is not at version 0.
+        self._versions: dict[int, int] = {} if loaded is None else _versions_in(raw)
         raw.set_ef(params.ef_search)
         self._index = raw
         self._lock = RWLock()
@@ -112,14 +133,15 @@ class HnswIndex:
     def vectors_of(self, labels: list[int]) -> tuple[list[int], npt.NDArray[np.float32]]:
         """The stored vectors of those labels that are live in the graph now (normalised for cosine)."""
         with self._lock.read():
+            slots = [self.hnsw_label(label) for label in labels]
             try:
-                return labels, np.asarray(self._index.get_items(labels), dtype=np.float32).reshape(-1, self.dimension)
+                return labels, np.asarray(self._index.get_items(slots), dtype=np.float32).reshape(-1, self.dimension)
             except RuntimeError:  # one of them was deleted meanwhile: one at a time
                 found: list[int] = []
                 rows: list[npt.NDArray[np.float32]] = []
-                for label in labels:
+                for label, slot in zip(labels, slots, strict=True):
                     try:
-                        rows.append(np.asarray(self._index.get_items([label]), dtype=np.float32).reshape(-1))
+                        rows.append(np.asarray(self._index.get_items([slot]), dtype=np.float32).reshape(-1))
                     except RuntimeError:
                         continue
                     found.append(label)
@@ -164,13 +186,14 @@ class HnswIndex:
             if own_ef:
                 self._index.set_ef(ef)
             try:
-                labels, distances = self._index.knn_query(query, k=k, num_threads=1, filter=accept)
+                by_slot = accept if not self._versions else lambda slot: accept(slot & _LABEL_MASK)
+                labels, distances = self._index.knn_query(query, k=k, num_threads=1, filter=by_slot)
             except RuntimeError:  # fewer than k accepted labels reachable
                 return None
             finally:
                 if own_ef:
                     self._index.set_ef(self.params.ef_search)
-        return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
+        return (labels[0] & _LABEL_MASK).tolist(), distances[0].tolist()
 
     def _knn(self, query: npt.NDArray[np.float32], k: int) -> tuple[list[int], list[float]] | None:
         k = min(k, self.live_count)
@@ -180,7 +203,7 @@ class HnswIndex:
             labels, distances = self._index.knn_query(query, k=k, num_threads=1)
         except RuntimeError:  # hnswlib: fewer than k results reachable at the current ef
             return None
-        return [int(x) for x in labels[0]], [float(x) for x in distances[0]]
+        return (labels[0] & _LABEL_MASK).tolist(), distances[0].tolist()
 
     def _knn_widening(self, query: npt.NDArray[np.float32], k: int, ef: int) -> tuple[list[int], list[float]]:
         """Deleted nodes can leave fewer than k reachable results: widen ef up to the element count, then lower k."""
@@ -202,8 +225,10 @@ class HnswIndex:
     def upsert(self, labels: list[int], vectors: npt.NDArray[np.float32], *, is_new: list[bool], seq: int) -> None:
         """Add new labels and replace existing ones.
 
-        Only new labels may reuse deleted slots: hnswlib's replace_deleted would move an existing label
-        into a vacant slot and leave its old slot live, so replacements update in place instead.
+        Below `reuse_slots_from` a replaced vector is a new point, appended under the label's next version,
+        and its old point is deleted; at or past it the point is updated in place (hnswlib's updatePoint), as
+        a new label then fills a deleted slot. Never replace_deleted for an existing label: hnswlib would move
+        it into a vacant slot and leave its old slot live.
         """
         data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension)
         new_rows = [row for row, new in enumerate(is_new) if new]
@@ -211,7 +236,8 @@ class HnswIndex:
         # The caller holds the collection's write lock, so no other write interleaves with these steps.
         with self._lock.write():
             reuse = self.deleted_ratio >= self.reuse_slots_from
-            needed = int(self._index.element_count) + max(0, len(new_rows) - (self._free_slots if reuse else 0))
+            appended = len(new_rows) - (self._free_slots if reuse else 0) + (0 if reuse else len(old_rows))
+            needed = int(self._index.element_count) + max(0, appended)
             capacity = int(self._index.get_max_elements())
             if needed > capacity:
                 self._index.resize_index(max(needed, capacity * 2))
@@ -220,11 +246,13 @@ class HnswIndex:
         # 300-500 ms as one step.
         for rows, replace_deleted in ((old_rows, False), (new_rows, reuse)):
             for start in range(0, len(rows), GRAPH_WRITE_SLICE):
-                part = rows[start : start + GRAPH_WRITE_SLICE]
+                part = [labels[r] for r in rows[start : start + GRAPH_WRITE_SLICE]]
                 with self._lock.write():
+                    if rows is old_rows and not reuse:
+                        self._bump_versions(part)
                     self._index.add_items(
-                        data[part],
-                        np.asarray([labels[r] for r in part], dtype=np.uint64),
+                        data[rows[start : start + GRAPH_WRITE_SLICE]],
+                        np.asarray([self.hnsw_label(label) for label in part], dtype=np.uint64),
                         num_threads=-1,
                         replace_deleted=replace_deleted,
                     )
@@ -233,19 +261,35 @@ class HnswIndex:
         with self._lock.write():
             self.applied_seq = max(self.applied_seq, seq)
 
+    def hnsw_label(self, label: int) -> int:
+        """The hnswlib label of a document label's current point (document_label is the inverse)."""
+        return label | (self._versions.get(label, 0) << _LABEL_BITS)
+
+    def _bump_versions(self, labels: list[int]) -> None:
+        """Delete these labels' current points; the next add puts each at its next version. Call under the
+        write lock, in the same hold as that add, so that searches never miss the document."""
+        for label in labels:
+            version = self._versions.get(label, 0)
+            if version == _MAX_VERSION:
+                raise RuntimeError(f"label {label} was replaced {version} times without a rebuild")
+            self._index.mark_deleted(self.hnsw_label(label))
+            self._versions[label] = version + 1
+        self._free_slots += len(labels)
+
     def known_labels(self) -> set[int]:
         """Labels with a slot in the index, deleted ones included."""
         with self._lock.read():
-            return {int(x) for x in self._index.get_ids_list()}
+            return {int(x) & _LABEL_MASK for x in self._index.get_ids_list()}
 
     def delete(self, labels: list[int], *, seq: int) -> None:
         with self._lock.write():
             for label in labels:
                 try:
-                    self._index.mark_deleted(label)
+                    self._index.mark_deleted(self.hnsw_label(label))
                     self._free_slots += 1
                 except RuntimeError:
                     pass  # not in the index (replayed twice, or never added): nothing to remove
+                self._versions.pop(label, None)  # a deleted label never comes back
             self.applied_seq = max(self.applied_seq, seq)
 
     def advance(self, seq: int) -> None:
@@ -332,6 +376,7 @@ class HnswIndex:
         with self._lock.write():
             self._index = rebuilt._index
             self._free_slots = rebuilt._free_slots
+            self._versions = rebuilt._versions
             self._index.set_ef(self.params.ef_search)
             self.saved_seq = -1
 

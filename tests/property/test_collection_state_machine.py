@@ -30,6 +30,7 @@ from akidb.embedding.providers.mock import mock_vector
 from akidb.errors import NotFound
 from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
+from akidb.storage.index import document_label
 from tests.filter_reference import matches
 from tests.oracle import brute_distances
 from tests.services import Doc, build_services
@@ -244,12 +245,13 @@ class CollectionMachine(RuleBasedStateMachine):
         if coll.last_written not in coll.docs:
             coll.last_written = None
         raw = self._open(name).graph._index
-        for label in labels:
+        gone = set(labels)
+        for point in [int(x) for x in raw.get_ids_list() if document_label(int(x)) in gone]:  # every version
             try:
-                raw.get_items([label])
+                raw.get_items([point])
             except RuntimeError:
                 continue  # hnswlib: "Label not found" for a deleted label
-            raise AssertionError(f"{name}: label {label} still live in the index after its delete")
+            raise AssertionError(f"{name}: label {document_label(point)} still live in the index after its delete")
 
     @rule(name=collections, data=st.data(), top_k=st.integers(1, 10))
     def search_by_vector(self, name: str, data: st.DataObject, top_k: int) -> None:
@@ -432,7 +434,7 @@ class CollectionMachine(RuleBasedStateMachine):
                     labels, _ = raw.knn_query(query, k=k, num_threads=1)
                 except RuntimeError:
                     continue
-                return label in {int(x) for x in labels[0]}
+                return label in {document_label(int(x)) for x in labels[0]}
             return False
         finally:
             raw.set_ef(saved_ef)
@@ -485,25 +487,27 @@ class CollectionMachine(RuleBasedStateMachine):
             raw = handle.graph._index
             slots = [int(label) for label in raw.get_ids_list()]
             assert len(slots) == len(set(slots)) == int(raw.element_count), (
-                f"{name}: {raw.element_count} slots but {len(set(slots))} labels (a label in two slots?)"
+                f"{name}: {raw.element_count} slots but {len(set(slots))} hnswlib labels (one in two slots?)"
             )
             rows = self.store.list_documents(handle.id, after_id=None, limit=10_000, with_vector=False)
             live = {row.label: row.id for row in rows}
             assert sorted(live.values()) == sorted(coll.docs)
-            assert set(live) <= set(slots), f"{name}: live labels missing from the index: {set(live) - set(slots)}"
+            # Each live document's current point (its label, with a version once a replaced vector was appended).
+            current = {handle.graph.hnsw_label(label) for label in live}
+            assert current <= set(slots), f"{name}: live points missing from the index: {current - set(slots)}"
             if live:
                 labels = sorted(live)
-                held = np.asarray(raw.get_items(labels), dtype=np.float64)
+                held = np.asarray(raw.get_items([handle.graph.hnsw_label(label) for label in labels]), np.float64)
                 expected = np.stack([coll.docs[live[label]].vector for label in labels]).astype(np.float64)
                 if coll.metric == "cosine":  # hnswlib stores cosine vectors normalised
                     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
                 np.testing.assert_allclose(held, expected, rtol=1e-5, atol=1e-5)
-            for label in set(slots) - set(live):
+            for point in set(slots) - current:  # deleted documents, and replaced points of live ones
                 try:
-                    raw.get_items([label])
+                    raw.get_items([point])
                 except RuntimeError:
                     continue  # hnswlib: "Label not found" for a label marked deleted
-                raise AssertionError(f"{name}: label {label} has no document but is live in the index")
+                raise AssertionError(f"{name}: point {point} is neither a document's current one nor deleted")
 
 
 CollectionMachine.TestCase.settings = settings(

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from sqlalchemy import Engine, text
 
+from akidb.config import StorageSettings
 from akidb.errors import NotFound
 from akidb.storage.changes import ChangeFeed
 from akidb.storage.collection import OpenCollection
@@ -80,7 +81,9 @@ class Node:
         self.engine = create_db_engine(self.url)
         self.store = Store(self.engine)
         self.feed = (SmallBatchFeed if self.small_batches else ChangeFeed)(self.engine)
-        self.collections = OpenCollections(self.store, self.feed, self.index_root)
+        self.collections = OpenCollections(
+            self.store, self.feed, self.index_root, reuse_slots_from=StorageSettings().rebuild_deleted_ratio
+        )
         self.follower = Follower(self.collections, self.feed)
         self.replica_id = f"replica-{uuid.uuid4().hex[:8]}"
 
@@ -140,10 +143,12 @@ def assert_holds(handle: OpenCollection, state: State, metric: str) -> None:
         vectors = np.stack([doc.vector for doc in sorted(state.values(), key=lambda d: d.label)]).astype(np.float64)
         if metric == "cosine":  # hnswlib keeps cosine vectors normalised
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        np.testing.assert_allclose(np.asarray(raw.get_items(live), dtype=np.float64), vectors, rtol=1e-5, atol=1e-5)
-    for label in {int(x) for x in raw.get_ids_list()} - set(live):
+        held = np.asarray(raw.get_items([handle.graph.hnsw_label(label) for label in live]), dtype=np.float64)
+        np.testing.assert_allclose(held, vectors, rtol=1e-5, atol=1e-5)
+    # Every other point is deleted: deleted documents, and the replaced points of live ones.
+    for point in {int(x) for x in raw.get_ids_list()} - {handle.graph.hnsw_label(label) for label in live}:
         with pytest.raises(RuntimeError):  # hnswlib: "Label not found" for a label marked deleted
-            raw.get_items([label])
+            raw.get_items([point])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from akidb.storage.changes import ChangeFeed
 from akidb.storage.collection import OpenCollection
 from akidb.storage.db import create_db_engine, migrate
-from akidb.storage.index import HnswIndex
+from akidb.storage.index import HnswIndex, document_label
 from akidb.storage.open_collections import open_collection
 from akidb.storage.records import HnswParams, NewDocument
 from akidb.storage.repositories import Store
@@ -120,7 +120,8 @@ class Harness:
         if self.metric == "l2" and rows:
             # hnswlib keeps l2 vectors as given, so the stored data must be the row's latest vector.
             labels = sorted(rows)
-            stored = np.asarray(index._index.get_items(labels), dtype=np.float32)
+            found, stored = index.vectors_of(labels)
+            assert found == labels
             np.testing.assert_array_equal(stored, np.stack([rows[label][1] for label in labels]))
 
     def close(self) -> None:
@@ -155,9 +156,11 @@ class GraphSpy:
 
 
 def assert_deleted_in_graph(index: HnswIndex, labels: list[int]) -> None:
-    for label in labels:
+    points = [int(x) for x in index._index.get_ids_list() if document_label(int(x)) in set(labels)]
+    assert {document_label(point) for point in points} == set(labels)
+    for point in points:  # every version of each
         with pytest.raises(RuntimeError):  # hnswlib: "Label not found" for a deleted label
-            index._index.get_items([label])
+            index._index.get_items([point])
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
@@ -565,3 +568,45 @@ def test_below_reuse_slots_from_new_labels_are_appended_and_past_it_they_take_th
     assert int(reopened.graph._index.element_count) == 120
     assert reopened.graph.deleted_ratio == pytest.approx(5 / 120)
     harness.assert_matches_rows(reopened)
+
+
+def test_below_reuse_slots_from_a_replaced_vector_is_a_new_point_and_the_old_one_is_deleted(harness: Harness) -> None:
+    """A replaced vector is appended under the label's next version instead of hnswlib's updatePoint; searches,
+    filters, vectors_of and known_labels speak document labels throughout, through a checkpoint and a reopen."""
+    collection = open_collection(
+        harness.feed, harness.store.get_collection("c"), harness.index_root, reuse_slots_from=0.5
+    )
+    graph = collection.graph
+    vectors = random_vectors(60, 8, seed=13)
+    harness.upsert({f"d{i}": vectors[i] for i in range(40)}, collection)
+    target = harness.label_of("d3")
+    harness.upsert({"d3": vectors[40], "d4": vectors[41], "n0": vectors[42]}, collection)  # two replaced, one new
+    assert int(graph._index.element_count) == 43
+    assert graph.deleted_ratio == pytest.approx(2 / 43)
+    harness.assert_matches_rows(collection)
+    assert graph.known_labels() == set(harness.rows())
+    labels, _ = graph.search(vectors[40], 5)
+    assert labels[0] == target
+    assert graph.search(vectors[3], 41)[0].count(target) == 1  # the old point is gone from the answers
+    only_target = graph.search(vectors[40], 1, accept=lambda label: label == target)
+    assert only_target is not None
+    assert only_target[0] == [target]
+    found, stored = graph.vectors_of([target, harness.label_of("d5")])
+    assert found == [target, harness.label_of("d5")]
+    np.testing.assert_allclose(stored[0], vectors[40], rtol=1e-6)
+
+    harness.upsert({"d3": vectors[43]}, collection)  # a second version
+    collection.graph.save(harness.directory)
+    harness.upsert({"d3": vectors[44]}, collection)  # after the checkpoint: replayed at the reopen
+    harness.delete(["d4"], collection)
+    reopened = open_collection(
+        harness.feed, harness.store.get_collection("c"), harness.index_root, reuse_slots_from=0.5
+    )
+    harness.assert_matches_rows(reopened)
+    assert reopened.graph.known_labels() >= set(harness.rows())
+    labels, _ = reopened.graph.search(vectors[44], 3)
+    assert labels[0] == target
+    assert reopened.graph.live_count == 40
+    harness.upsert({"d3": vectors[45]}, reopened)  # and one more on the reopened graph
+    harness.assert_matches_rows(reopened)
+    assert reopened.graph.search(vectors[45], 1)[0] == [target]
