@@ -246,12 +246,13 @@ class HnswIndex:
         # 300-500 ms as one step.
         for rows, replace_deleted in ((old_rows, False), (new_rows, reuse)):
             for start in range(0, len(rows), GRAPH_WRITE_SLICE):
-                part = [labels[r] for r in rows[start : start + GRAPH_WRITE_SLICE]]
+                chunk = rows[start : start + GRAPH_WRITE_SLICE]
+                part = [labels[r] for r in chunk]
                 with self._lock.write():
                     if rows is old_rows and not reuse:
                         self._bump_versions(part)
                     self._index.add_items(
-                        data[rows[start : start + GRAPH_WRITE_SLICE]],
+                        data[chunk],
                         np.asarray([self.hnsw_label(label) for label in part], dtype=np.uint64),
                         num_threads=-1,
                         replace_deleted=replace_deleted,
