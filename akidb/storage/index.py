@@ -100,11 +100,11 @@ class HnswIndex:
         self._lock = RWLock()
         # Marked-deleted slots not yet reused by a new label (hnswlib does not report this itself).
         self._free_slots = 0
-        # New labels go into deleted slots only once this share of the slots is deleted (0: always). hnswlib
-        # fills a deleted slot by re-linking its neighbourhood (updatePoint), ~6x the cost of appending a point
-        # (bench/slot_reuse.py), so below the rebuild threshold new points are appended and the background
-        # rebuild reclaims the slots; past it (a rebuild is due, or rebuilds are off) slots are reused, which
-        # bounds the memory.
+        # New labels go into deleted slots, and replaced vectors are updated in place, only once this share of
+        # the slots is deleted (0: always). hnswlib does both by re-linking the neighbourhood (updatePoint),
+        # 4-5x the cost of appending a point (bench/slot_reuse.py), so below the rebuild threshold points are
+        # appended and the background rebuild reclaims the slots; past it (a rebuild is due, or rebuilds are
+        # off) slots are reused, which bounds the memory.
         self.reuse_slots_from = 0.0
 
     # --- reads ---
